@@ -1,0 +1,42 @@
+# udplogger - see README.md.  Packagers: CXXFLAGS, LDFLAGS, CPPFLAGS and
+# DESTDIR/PREFIX are honoured.
+CXX ?= g++
+CXXFLAGS ?= -O2 -g
+HARDENING = -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE
+WARNINGS = -Wall -Wextra
+# No exceptions and no RTTI: the daemon needs nothing from libstdc++, so
+# it links against libc alone.
+DAEMON_FLAGS = -std=c++17 -fno-exceptions -fno-rtti $(WARNINGS) $(HARDENING)
+DAEMON_LDFLAGS = -pie -Wl,-z,relro,-z,now -Wl,--as-needed -static-libstdc++ -static-libgcc
+TEST_FLAGS = -std=c++17 $(WARNINGS) -I. -I/usr/include/doctest
+PREFIX ?= /usr/local
+SBINDIR ?= $(PREFIX)/sbin
+MANDIR ?= $(PREFIX)/share/man
+
+TEST_SOURCES = test/main.cpp test/core_test.cpp test/daemon_test.cpp test/helpers.cpp
+
+.PHONY: all check clean install
+
+all: udplogger
+
+udplogger: udplogger.cpp udplogger.h
+	$(CXX) $(CPPFLAGS) $(DAEMON_FLAGS) $(CXXFLAGS) -o $@ udplogger.cpp $(DAEMON_LDFLAGS) $(LDFLAGS)
+
+test/udplogger-core.o: udplogger.cpp udplogger.h
+	$(CXX) $(CPPFLAGS) $(TEST_FLAGS) $(CXXFLAGS) -DUDPLOGGER_NO_MAIN -c -o $@ udplogger.cpp
+
+test/run-tests: $(TEST_SOURCES) test/helpers.h test/udplogger-core.o udplogger.h
+	$(CXX) $(CPPFLAGS) $(TEST_FLAGS) $(CXXFLAGS) -o $@ $(TEST_SOURCES) test/udplogger-core.o $(LDFLAGS)
+
+# Runs every test; the last line is "N passed, N failed".
+check: udplogger test/run-tests
+	@cd test && ./run-tests --no-intro=true 2>&1 | tee run-tests.log; \
+	 awk -F'|' '/test cases:/ { gsub(/[^0-9]/, "", $$2); gsub(/[^0-9]/, "", $$3); p = $$2; f = $$3 } \
+	   END { if (p == "") { p = 0; f = 1 } print p " passed, " f " failed"; exit (f != 0) }' run-tests.log
+
+install: udplogger
+	install -D -m 0755 udplogger $(DESTDIR)$(SBINDIR)/udplogger
+	install -D -m 0644 man/udplogger.8 $(DESTDIR)$(MANDIR)/man8/udplogger.8
+
+clean:
+	rm -f udplogger test/run-tests test/*.o test/run-tests.log

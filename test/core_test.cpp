@@ -1,0 +1,313 @@
+// Unit tests of the pure core: no sockets, no files.
+#include <arpa/inet.h>
+#include <doctest.h>
+#include <stdlib.h>
+
+#include <string>
+#include <vector>
+
+#include "udplogger.h"
+
+using ul::Options;
+using ul::ParseStatus;
+
+namespace {
+
+ParseStatus parse(std::vector<const char*> args, Options* o, std::string* err = nullptr) {
+  args.insert(args.begin(), "udplogger");
+  char buf[256];
+  ParseStatus st = ul::parse_options(int(args.size()), const_cast<char**>(args.data()),
+                                     o, buf, sizeof buf);
+  if (err) *err = buf;
+  return st;
+}
+
+// Collects what the core would write.
+struct Capture {
+  std::string text;
+  int flushes = 0;
+  static void flush(void* ctx, const iovec* iov, int n) {
+    auto* c = static_cast<Capture*>(ctx);
+    c->flushes++;
+    for (int i = 0; i < n; i++)
+      c->text.append(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
+  }
+};
+
+in6_addr v4(const char* ip) {
+  in6_addr a = {};
+  a.s6_addr[10] = a.s6_addr[11] = 0xff;
+  inet_pton(AF_INET, ip, &a.s6_addr[12]);
+  return a;
+}
+
+timespec at(time_t sec, long nsec = 0) { return timespec{sec, nsec}; }
+
+// A core fed by hand, in UTC.
+struct Core {
+  Options opts;
+  ul::Output out;
+  ul::Assembler asm_;
+  Capture cap;
+  explicit Core(Options o = Options()) : opts(o) {
+    setenv("TZ", "UTC", 1);
+    tzset();
+    REQUIRE(out.init(4096, Capture::flush, &cap));
+    REQUIRE(asm_.init(opts, &out));
+  }
+  void feed(const char* ip, uint16_t port, const std::string& data, time_t sec) {
+    asm_.datagram(v4(ip), port, data.data(), data.size(), at(sec));
+    out.flush();  // as the shell does: the datagram's bytes go away now
+  }
+  std::string text() {
+    out.flush();
+    return cap.text;
+  }
+};
+
+// 2026-11-22 03:00:00 UTC
+constexpr time_t T0 = 1795316400;
+
+}  // namespace
+
+TEST_CASE("options: defaults are udplogger 1.1's") {
+  Options o;
+  CHECK(parse({}, &o) == ParseStatus::ok);
+  CHECK(o.port == 6666);
+  CHECK(std::string(o.dir) == ".");
+  CHECK(o.timeout == 10);
+  CHECK(o.clients == 1024);
+  CHECK(o.wbuf == 65536);
+  CHECK(o.rbuf == 8u << 20);
+  CHECK(o.uid == -1);
+  CHECK(o.gid == -1);
+  CHECK(o.perm == 0600);
+  CHECK(o.ip == nullptr);
+}
+
+TEST_CASE("options: key=value and --key=value") {
+  Options o;
+  CHECK(parse({"port=7000", "--timeout=30", "clients=10", "wbuf=1024", "rbuf=65536",
+               "uid=65534", "gid=65534", "perm=0640", "ip=::1", "dir=/tmp", "escape=none"},
+              &o) == ParseStatus::ok);
+  CHECK(o.port == 7000);
+  CHECK(o.timeout == 30);
+  CHECK(o.clients == 10);
+  CHECK(o.wbuf == 1024);
+  CHECK(o.rbuf == 65536);
+  CHECK(o.uid == 65534);
+  CHECK(o.gid == 65534);
+  CHECK(o.perm == 0640);
+  CHECK(std::string(o.ip) == "::1");
+  CHECK(std::string(o.dir) == "/tmp");
+  CHECK(o.escape == ul::Escape::none);
+}
+
+TEST_CASE("options: bad values name the option, the value and the range") {
+  Options o;
+  std::string err;
+  CHECK(parse({"timeout=4"}, &o, &err) == ParseStatus::value_error);
+  CHECK(err == "timeout=4: out of range (allowed: 5..600)");
+  CHECK(parse({"timeout=601"}, &o, &err) == ParseStatus::value_error);
+  CHECK(parse({"clients=abc"}, &o, &err) == ParseStatus::value_error);
+  CHECK(err == "clients=abc: not a number (allowed: 10..65536)");
+  CHECK(parse({"wbuf=-1"}, &o, &err) == ParseStatus::value_error);
+  CHECK(parse({"wbuf= 2000"}, &o, &err) == ParseStatus::value_error);
+  CHECK(parse({"wbuf=2000x"}, &o, &err) == ParseStatus::value_error);
+  CHECK(parse({"wbuf="}, &o, &err) == ParseStatus::value_error);
+  CHECK(parse({"rbuf=1073741825"}, &o, &err) == ParseStatus::value_error);
+  CHECK(err == "rbuf=1073741825: out of range (allowed: 65536..1073741824)");
+  CHECK(parse({"port=0"}, &o, &err) == ParseStatus::value_error);
+  CHECK(parse({"port=65536"}, &o, &err) == ParseStatus::value_error);
+  CHECK(parse({"port=99999999999999999999999"}, &o, &err) == ParseStatus::value_error);
+  CHECK(parse({"perm=0755"}, &o, &err) == ParseStatus::value_error);
+  CHECK(err.find("perm=0755") == 0);
+  CHECK(parse({"perm=0800"}, &o, &err) == ParseStatus::value_error);
+  CHECK(parse({"ip=localhost"}, &o, &err) == ParseStatus::value_error);
+  CHECK(err.find("ip=localhost: not an IPv4 or IPv6 address") == 0);
+  CHECK(parse({"escape=yes"}, &o, &err) == ParseStatus::value_error);
+}
+
+TEST_CASE("options: unknown options, help and version") {
+  Options o;
+  std::string err;
+  CHECK(parse({"colour=blue"}, &o, &err) == ParseStatus::usage_error);
+  CHECK(err == "unknown option 'colour=blue'");
+  CHECK(parse({"port"}, &o, &err) == ParseStatus::usage_error);
+  CHECK(parse({"averyveryverylongkey=1"}, &o, &err) == ParseStatus::usage_error);
+  CHECK(parse({"--help"}, &o) == ParseStatus::help);
+  CHECK(parse({"--version"}, &o) == ParseStatus::version);
+}
+
+TEST_CASE("escaping: control bytes but TAB become \\xNN, the rest stays") {
+  std::string in("a\tb\x01\x1b[31m\x7f\xc3\xbc\\x\0z", 16);
+  std::string out(in.size() * 4, '\0');
+  out.resize(ul::escape_text(in.data(), in.size(), &out[0]));
+  CHECK(out == "a\tb\\x01\\x1b[31m\\x7f\xc3\xbc\\x\\x00z");
+  for (int c = 0; c < 256; c++)
+    CHECK(ul::needs_escape(static_cast<unsigned char>(c)) ==
+          ((c < 0x20 && c != '\t') || c == 0x7f));
+}
+
+TEST_CASE("prefix: sender names and stamps") {
+  char name[ul::kSenderNameMax];
+  size_t n = ul::format_sender(v4("10.1.2.3"), 6665, name);
+  CHECK(std::string(name, n) == "10.1.2.3:6665");
+  in6_addr a;
+  inet_pton(AF_INET6, "2001:db8::1", &a);
+  n = ul::format_sender(a, 65535, name);
+  CHECK(std::string(name, n) == "[2001:db8::1]:65535");
+  inet_pton(AF_INET6, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", &a);
+  n = ul::format_sender(a, 65535, name);
+  CHECK(std::string(name, n) == "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535");
+
+  setenv("TZ", "UTC", 1);
+  tzset();
+  char stamp[21];
+  ul::format_stamp(T0 + 3723, stamp);
+  CHECK(std::string(stamp) == "2026-11-22 04:02:03 ");
+  char file[16];
+  ul::log_file_name(T0, file);
+  CHECK(std::string(file) == "2026-11-22.log");
+}
+
+TEST_CASE("midnight: the next local midnight in several zones") {
+  setenv("TZ", "UTC", 1);
+  tzset();
+  CHECK(ul::next_local_midnight(T0) == T0 + 21 * 3600);
+  CHECK(ul::next_local_midnight(T0 + 21 * 3600) == T0 + 45 * 3600);
+  setenv("TZ", "XXX-5:59:57", 1);  // local = UTC + 5:59:57
+  tzset();
+  CHECK(ul::next_local_midnight(T0) == T0 + 15 * 3600 + 3);
+  setenv("TZ", "UTC", 1);
+  tzset();
+}
+
+TEST_CASE("assembly: lines, partial lines joined across datagrams") {
+  Core c;
+  c.feed("10.0.0.1", 6665, "one\ntwo\nthr", T0);
+  c.feed("10.0.0.2", 6665, "other\n", T0 + 1);
+  c.feed("10.0.0.1", 6665, "ee\n", T0 + 2);
+  CHECK(c.text() ==
+        "2026-11-22 03:00:00 10.0.0.1:6665 one\n"
+        "2026-11-22 03:00:00 10.0.0.1:6665 two\n"
+        "2026-11-22 03:00:01 10.0.0.2:6665 other\n"
+        "2026-11-22 03:00:00 10.0.0.1:6665 three\n");
+  CHECK(c.asm_.stats().lines == 4);
+  CHECK(c.asm_.stats().datagrams == 3);
+}
+
+TEST_CASE("assembly: empty lines and empty datagrams") {
+  Core c;
+  c.feed("10.0.0.1", 1, "", T0);
+  c.feed("10.0.0.1", 1, "\n\n", T0);
+  CHECK(c.text() == "2026-11-22 03:00:00 10.0.0.1:1 \n2026-11-22 03:00:00 10.0.0.1:1 \n");
+}
+
+TEST_CASE("assembly: partial lines time out after timeout= seconds") {
+  Options o;
+  o.timeout = 5;
+  Core c(o);
+  c.feed("10.0.0.1", 1, "no newline", T0);
+  CHECK(c.asm_.next_deadline().tv_sec == T0 + 5);
+  c.asm_.expire(at(T0 + 4, 999999999));
+  CHECK(c.text() == "");
+  c.asm_.expire(at(T0 + 5));
+  CHECK(c.text() == "2026-11-22 03:00:00 10.0.0.1:1 no newline\n");
+  CHECK(c.asm_.next_deadline().tv_sec == 0);
+  CHECK(c.asm_.stats().lines_timed_out == 1);
+}
+
+TEST_CASE("assembly: expire(all) writes every partial line") {
+  Core c;
+  c.feed("10.0.0.1", 1, "a", T0);
+  c.feed("10.0.0.2", 1, "b", T0 + 1);
+  c.asm_.expire(at(T0 + 1), true);
+  CHECK(c.text() == "2026-11-22 03:00:00 10.0.0.1:1 a\n2026-11-22 03:00:01 10.0.0.2:1 b\n");
+}
+
+TEST_CASE("assembly: lines longer than wbuf are written in wbuf pieces") {
+  Options o;
+  o.wbuf = 1024;
+  Core c(o);
+  std::string line(2500, 'x');
+  c.feed("10.0.0.1", 1, line + "\n", T0);
+  std::string p = "2026-11-22 03:00:00 10.0.0.1:1 ";
+  CHECK(c.text() == p + std::string(1024, 'x') + "\n" + p + std::string(1024, 'x') + "\n" +
+                        p + std::string(452, 'x') + "\n");
+}
+
+TEST_CASE("assembly: a partial line that reaches wbuf is written as a piece") {
+  Options o;
+  o.wbuf = 1024;
+  Core c(o);
+  c.feed("10.0.0.1", 1, std::string(1000, 'a'), T0);
+  c.feed("10.0.0.1", 1, std::string(100, 'b'), T0 + 1);
+  c.feed("10.0.0.1", 1, "c\n", T0 + 2);
+  std::string t = c.text();
+  CHECK(t == "2026-11-22 03:00:00 10.0.0.1:1 " + std::string(1000, 'a') + std::string(24, 'b') +
+                 "\n2026-11-22 03:00:01 10.0.0.1:1 " + std::string(76, 'b') + "c\n");
+}
+
+TEST_CASE("assembly: exactly wbuf bytes and a newline is one line") {
+  Options o;
+  o.wbuf = 1024;
+  Core c(o);
+  c.feed("10.0.0.1", 1, std::string(1024, 'a') + "\n", T0);
+  c.feed("10.0.0.1", 1, std::string(1000, 'b'), T0);
+  c.feed("10.0.0.1", 1, std::string(24, 'b') + "\n", T0);
+  std::string p = "2026-11-22 03:00:00 10.0.0.1:1 ";
+  CHECK(c.text() == p + std::string(1024, 'a') + "\n" + p + std::string(1024, 'b') + "\n");
+}
+
+TEST_CASE("assembly: control bytes escaped, in partial and complete parts") {
+  Core c;
+  c.feed("10.0.0.1", 1, std::string("\x1b]0;pwn\x07", 8), T0);
+  c.feed("10.0.0.1", 1, std::string("\0\t\xe6\x97\xa5\r\n", 7), T0);
+  CHECK(c.text() == "2026-11-22 03:00:00 10.0.0.1:1 \\x1b]0;pwn\\x07\\x00\t\xe6\x97\xa5\\x0d\n");
+}
+
+TEST_CASE("assembly: escape=none writes bytes as they came") {
+  Options o;
+  o.escape = ul::Escape::none;
+  Core c(o);
+  c.feed("10.0.0.1", 1, std::string("\x1b[1m\0x\n", 7), T0);
+  CHECK(c.text() == std::string("2026-11-22 03:00:00 10.0.0.1:1 \x1b[1m\0x\n", 38));
+}
+
+TEST_CASE("assembly: a full table reuses the idle slot and writes its partial line") {
+  Options o;
+  o.clients = 10;
+  Core c(o);
+  for (int i = 0; i < 10; i++) c.feed("10.0.0.1", uint16_t(100 + i), "part", T0 + i);
+  c.feed("10.0.0.1", 100, "-0", T0 + 10);  // sender 100 heard again: 101 idle longest
+  CHECK(c.text() == "");
+  c.feed("10.0.0.1", 200, "new\n", T0 + 11);
+  CHECK(c.text() ==
+        "2026-11-22 03:00:01 10.0.0.1:101 part\n"
+        "2026-11-22 03:00:11 10.0.0.1:200 new\n");
+  CHECK(c.asm_.stats().senders_reused == 1);
+  CHECK(c.asm_.senders() == 10);
+  // Hundreds of senders later, nothing is lost and the table stays at 10.
+  for (int i = 0; i < 500; i++) c.feed("10.0.1.1", uint16_t(1000 + i), "x", T0 + 20);
+  c.asm_.expire(at(T0 + 20), true);
+  std::string t = c.text();
+  size_t lines = 0;
+  for (char ch : t) lines += ch == '\n';
+  CHECK(lines == 511);  // 101, new, 9 pushed out, 490 pushed out, 10 at exit
+  CHECK(c.asm_.senders() == 10);
+}
+
+TEST_CASE("output: flushes as the arena fills, nothing lost") {
+  Core c;  // a 4 KiB arena
+  std::string expect;
+  for (int i = 0; i < 300; i++) {
+    std::string line = "line " + std::to_string(i) + std::string(size_t(i), '\x01');
+    c.feed("10.0.0.1", 1, line + "\n", T0);
+    std::string esc(line.size() * 4, '\0');
+    esc.resize(ul::escape_text(line.data(), line.size(), &esc[0]));
+    expect += "2026-11-22 03:00:00 10.0.0.1:1 " + esc + "\n";
+  }
+  CHECK(c.text() == expect);
+  CHECK(c.cap.flushes > 10);
+}

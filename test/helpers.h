@@ -1,0 +1,74 @@
+// Test helpers: start the real daemon, send real datagrams, read its files.
+#ifndef UDPLOGGER_TEST_HELPERS_H
+#define UDPLOGGER_TEST_HELPERS_H
+
+#include <sys/types.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+// Polls cond every 10 ms until it holds or `seconds` pass.
+bool wait_for(const std::function<bool()>& cond, double seconds = 5.0);
+
+std::string read_file(const std::string& path);
+std::string make_temp_dir();
+int free_udp_port();
+double now_seconds();
+
+// All *.log files of dir, by name, concatenated.
+std::string all_logs(const std::string& dir);
+std::vector<std::string> log_names(const std::string& dir);
+
+// A UDP socket bound to a loopback address (127.0.0.1 or ::1).
+class Sender {
+ public:
+  explicit Sender(const char* ip = "127.0.0.1", int port = 0);
+  ~Sender();
+  void send(int to_port, const std::string& data, const char* to_ip = nullptr);
+  int port() const { return port_; }
+
+ private:
+  int fd_ = -1;
+  int family_;
+  int port_ = 0;
+  std::string ip_;
+};
+
+// The result of running udplogger to its end.
+struct Exit {
+  int status = -1;  // exit status, or 128 + signal
+  std::string out, err;
+};
+
+// Runs ../udplogger with args to completion (killed after `seconds`).
+Exit run_udplogger(const std::vector<std::string>& args, double seconds = 5.0,
+                   const std::vector<std::string>& env = {});
+
+// A running daemon on a free loopback port with its own log directory.
+class Daemon {
+ public:
+  // Starts udplogger with dir= and port= added; waits for its start-up line.
+  explicit Daemon(std::vector<std::string> args = {},
+                  const std::vector<std::string>& env = {},
+                  std::string dir = "");
+  ~Daemon();
+  bool running() const { return pid_ > 0; }
+  // Sends a signal and waits for the exit; returns the exit status.
+  int stop(int sig = 15);
+  void signal(int sig);
+  std::string log() const { return all_logs(dir_); }
+  // Waits until the logs contain `text`.
+  bool wait_log(const std::string& text, double seconds = 5.0) const;
+  std::string out() const { return read_file(dir_ + "/../stdout"); }
+  std::string err() const { return read_file(dir_ + "/../stderr"); }
+
+  std::string dir_;
+  int port_ = 0;
+  pid_t pid_ = -1;
+};
+
+// Path of the daemon under test.
+std::string udplogger_path();
+
+#endif

@@ -1,0 +1,999 @@
+// udplogger: receive line-oriented UDP log streams (Linux netconsole and
+// others) and append them to daily log files.
+//
+// The first half of this file implements the pure core declared in
+// udplogger.h (no I/O); the second half is the shell: sockets, epoll, files,
+// signals and main.
+//
+// Copyright (C) 2026 the udplogger authors.  GPL version 2, see COPYING.
+#include "udplogger.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace ul {
+
+// ================================================================= options
+
+const char kUsage[] =
+    "usage: udplogger [key=value ...]\n"
+    "  ip=ADDR      address to bind, IPv4 or IPv6 literal (default: any, dual stack)\n"
+    "  port=N       UDP port (default 6666)\n"
+    "  dir=PATH     log directory (default .)\n"
+    "  timeout=S    seconds a line waits for its newline, 5..600 (default 10)\n"
+    "  clients=N    senders tracked at once, 10..65536 (default 1024)\n"
+    "  wbuf=N       longest line kept in bytes, 1024..1048576 (default 65536)\n"
+    "  rbuf=N       socket receive buffer in bytes, 65536..1073741824 (default 8388608)\n"
+    "  uid=N gid=N  numeric ids to switch to after binding (default: unchanged)\n"
+    "  perm=MODE    octal mode of new log files, no x bits (default 0600)\n"
+    "  escape=hex|none  write control bytes as \\xNN (default) or raw\n"
+    "  --help, --version\n"
+    "Every key=value may also be written --key=value.\n";
+
+namespace {
+
+// Parses an unsigned decimal (or octal) number that fills all of s.
+bool parse_number(const char* s, int base, unsigned long* out) {
+  if (*s < '0' || *s > '9') return false;  // no sign, no space, not empty
+  errno = 0;
+  char* end = nullptr;
+  unsigned long v = strtoul(s, &end, base);
+  if (errno != 0 || *end != '\0') return false;
+  *out = v;
+  return true;
+}
+
+struct NumberOption {
+  const char* key;
+  unsigned long min, max;
+  int base;
+};
+
+const NumberOption kNumberOptions[] = {
+    {"port", 1, 65535, 10},        {"timeout", 5, 600, 10},
+    {"clients", 10, 65536, 10},    {"wbuf", 1024, 1048576, 10},
+    {"rbuf", 65536, 1UL << 30, 10}, {"uid", 0, 4294967294UL, 10},
+    {"gid", 0, 4294967294UL, 10},  {"perm", 0, 0777, 8},
+};
+
+void store_number(Options* o, const char* key, unsigned long v) {
+  if (!strcmp(key, "port")) o->port = unsigned(v);
+  else if (!strcmp(key, "timeout")) o->timeout = unsigned(v);
+  else if (!strcmp(key, "clients")) o->clients = unsigned(v);
+  else if (!strcmp(key, "wbuf")) o->wbuf = unsigned(v);
+  else if (!strcmp(key, "rbuf")) o->rbuf = v;
+  else if (!strcmp(key, "uid")) o->uid = long(v);
+  else if (!strcmp(key, "gid")) o->gid = long(v);
+  else if (!strcmp(key, "perm")) o->perm = unsigned(v);
+}
+
+// Parses one key=value; returns usage_error for an unknown key.
+ParseStatus parse_one(const char* key, size_t keylen, const char* value,
+                      Options* o, char* err, size_t errlen) {
+  char k[16];
+  if (keylen >= sizeof k) return ParseStatus::usage_error;
+  memcpy(k, key, keylen);
+  k[keylen] = '\0';
+  for (const NumberOption& n : kNumberOptions) {
+    if (strcmp(k, n.key)) continue;
+    unsigned long v = 0;
+    const char* range_fmt = n.base == 8 ? "%s=%s: %s (allowed: octal %04lo..%04lo)"
+                                        : "%s=%s: %s (allowed: %lu..%lu)";
+    if (!parse_number(value, n.base, &v)) {
+      snprintf(err, errlen, range_fmt, k, value, "not a number", n.min, n.max);
+      return ParseStatus::value_error;
+    }
+    if (v < n.min || v > n.max) {
+      snprintf(err, errlen, range_fmt, k, value, "out of range", n.min, n.max);
+      return ParseStatus::value_error;
+    }
+    if (n.base == 8 && (v & 0111)) {
+      snprintf(err, errlen, "perm=%s: log files must not be executable "
+               "(allowed: octal 0000..0666)", value);
+      return ParseStatus::value_error;
+    }
+    store_number(o, k, v);
+    return ParseStatus::ok;
+  }
+  if (!strcmp(k, "ip")) {
+    unsigned char buf[sizeof(in6_addr)];
+    if (inet_pton(AF_INET, value, buf) != 1 &&
+        inet_pton(AF_INET6, value, buf) != 1) {
+      snprintf(err, errlen, "ip=%s: not an IPv4 or IPv6 address "
+               "(allowed: a numeric address such as 0.0.0.0 or ::1; no names)", value);
+      return ParseStatus::value_error;
+    }
+    o->ip = value;
+    return ParseStatus::ok;
+  }
+  if (!strcmp(k, "dir")) {
+    if (!*value) {
+      snprintf(err, errlen, "dir=: empty (allowed: a directory path)");
+      return ParseStatus::value_error;
+    }
+    o->dir = value;
+    return ParseStatus::ok;
+  }
+  if (!strcmp(k, "escape")) {
+    if (!strcmp(value, "hex")) o->escape = Escape::hex;
+    else if (!strcmp(value, "none")) o->escape = Escape::none;
+    else {
+      snprintf(err, errlen, "escape=%s: unknown (allowed: hex, none)", value);
+      return ParseStatus::value_error;
+    }
+    return ParseStatus::ok;
+  }
+  return ParseStatus::usage_error;
+}
+
+}  // namespace
+
+ParseStatus parse_options(int argc, char* const* argv, Options* o, char* err,
+                          size_t errlen) {
+  err[0] = '\0';
+  for (int i = 1; i < argc; i++) {
+    const char* arg = argv[i];
+    if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) return ParseStatus::help;
+    if (!strcmp(arg, "--version") || !strcmp(arg, "-V")) return ParseStatus::version;
+    if (!strncmp(arg, "--", 2)) arg += 2;
+    const char* eq = strchr(arg, '=');
+    ParseStatus st = eq ? parse_one(arg, size_t(eq - arg), eq + 1, o, err, errlen)
+                        : ParseStatus::usage_error;
+    if (st == ParseStatus::usage_error)
+      snprintf(err, errlen, "unknown option '%s'", argv[i]);
+    if (st != ParseStatus::ok) return st;
+  }
+  return ParseStatus::ok;
+}
+
+// ====================================================== escaping, prefixes
+
+size_t escape_text(const char* src, size_t len, char* dst) {
+  static const char hex[] = "0123456789abcdef";
+  char* d = dst;
+  for (size_t i = 0; i < len; i++) {
+    unsigned char c = static_cast<unsigned char>(src[i]);
+    if (needs_escape(c)) {
+      d[0] = '\\';
+      d[1] = 'x';
+      d[2] = hex[c >> 4];
+      d[3] = hex[c & 15];
+      d += 4;
+    } else {
+      *d++ = char(c);
+    }
+  }
+  return size_t(d - dst);
+}
+
+// Two digits of v at p; the prefix formatter runs once a second, but
+// snprintf would still be the biggest cost of a quiet second.
+static void put2(char* p, int v) {
+  p[0] = char('0' + v / 10 % 10);
+  p[1] = char('0' + v % 10);
+}
+
+void format_stamp(time_t t, char out[21]) {
+  struct tm tm;
+  localtime_r(&t, &tm);
+  int year = tm.tm_year + 1900;
+  put2(out, year / 100);
+  put2(out + 2, year % 100);
+  out[4] = '-';
+  put2(out + 5, tm.tm_mon + 1);
+  out[7] = '-';
+  put2(out + 8, tm.tm_mday);
+  out[10] = ' ';
+  put2(out + 11, tm.tm_hour);
+  out[13] = ':';
+  put2(out + 14, tm.tm_min);
+  out[16] = ':';
+  put2(out + 17, tm.tm_sec);
+  out[19] = ' ';
+  out[20] = '\0';
+}
+
+void log_file_name(time_t t, char out[16]) {
+  char stamp[21];
+  format_stamp(t, stamp);
+  memcpy(out, stamp, 10);
+  memcpy(out + 10, ".log", 5);
+}
+
+time_t next_local_midnight(time_t t) {
+  struct tm tm;
+  localtime_r(&t, &tm);
+  tm.tm_mday += 1;
+  tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+  tm.tm_isdst = -1;
+  time_t m = mktime(&tm);
+  return m > t ? m : t + 1;  // never stand still, whatever the zone does
+}
+
+size_t format_sender(const in6_addr& addr, uint16_t port, char* out) {
+  char text[INET6_ADDRSTRLEN];
+  int n;
+  if (IN6_IS_ADDR_V4MAPPED(&addr)) {
+    inet_ntop(AF_INET, &addr.s6_addr[12], text, sizeof text);
+    n = snprintf(out, kSenderNameMax, "%s:%u", text, unsigned(port));
+  } else {
+    inet_ntop(AF_INET6, &addr, text, sizeof text);
+    n = snprintf(out, kSenderNameMax, "[%s]:%u", text, unsigned(port));
+  }
+  return size_t(n);
+}
+
+// ================================================================== output
+
+bool Output::init(size_t arena_bytes, FlushFn fn, void* ctx) {
+  arena_ = static_cast<char*>(malloc(arena_bytes));
+  arena_cap_ = arena_bytes;
+  fn_ = fn;
+  ctx_ = ctx;
+  return arena_ != nullptr;
+}
+
+void Output::flush() {
+  if (iovcnt_ > 0) fn_(ctx_, iov_, iovcnt_);
+  iovcnt_ = 0;
+  arena_used_ = 0;
+  pending_ = 0;
+}
+
+// Returns arena space for up to `want` bytes (at least 4), flushing first
+// when the arena or the iovec list is full.
+char* Output::reserve(size_t want, size_t* got) {
+  if (iovcnt_ >= kMaxIov || arena_cap_ - arena_used_ < 4) flush();
+  size_t room = arena_cap_ - arena_used_;
+  *got = want < room ? want : room;
+  return arena_ + arena_used_;
+}
+
+// Appends p to the iovec list, growing the last entry when p continues it.
+void Output::push(const char* p, size_t len) {
+  if (iovcnt_ > 0) {
+    iovec& last = iov_[iovcnt_ - 1];
+    if (static_cast<char*>(last.iov_base) + last.iov_len == p) {
+      last.iov_len += len;
+      pending_ += len;
+      return;
+    }
+  }
+  iov_[iovcnt_].iov_base = const_cast<char*>(p);
+  iov_[iovcnt_].iov_len = len;
+  iovcnt_++;
+  pending_ += len;
+}
+
+void Output::ref(const char* p, size_t len) {
+  if (len == 0) return;
+  if (iovcnt_ >= kMaxIov) flush();
+  push(p, len);
+}
+
+void Output::copy(const char* p, size_t len) {
+  while (len > 0) {
+    size_t n;
+    char* d = reserve(len, &n);
+    memcpy(d, p, n);
+    arena_used_ += n;
+    push(d, n);
+    p += n;
+    len -= n;
+  }
+}
+
+void Output::copy_escaped(const char* p, size_t len) {
+  while (len > 0) {
+    size_t room;
+    char* d = reserve(len * 4, &room);
+    size_t n = room / 4 < len ? room / 4 : len;
+    size_t w = escape_text(p, n, d);
+    arena_used_ += w;
+    push(d, w);
+    p += n;
+    len -= n;
+  }
+}
+
+// ================================================================= senders
+
+namespace {
+
+bool timespec_le(const timespec& a, const timespec& b) {
+  return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec <= b.tv_nsec);
+}
+
+bool any_escape(const char* p, size_t len) {
+  for (size_t i = 0; i < len; i++)
+    if (needs_escape(static_cast<unsigned char>(p[i]))) return true;
+  return false;
+}
+
+}  // namespace
+
+bool Assembler::init(const Options& opts, Output* out) {
+  opts_ = opts;
+  out_ = out;
+  slots_ = static_cast<Sender*>(calloc(opts.clients, sizeof(Sender)));
+  uint32_t nbuckets = 16;
+  while (nbuckets < opts.clients * 2) nbuckets <<= 1;
+  buckets_ = static_cast<int32_t*>(malloc(nbuckets * sizeof(int32_t)));
+  if (!slots_ || !buckets_) return false;
+  for (uint32_t i = 0; i < nbuckets; i++) buckets_[i] = -1;
+  bucket_mask_ = nbuckets - 1;
+  return true;
+}
+
+// FNV-1a over address and port: cheap, and good enough to spread the
+// senders of one subnet over the buckets.
+uint32_t Assembler::bucket(const in6_addr& addr, uint16_t port) const {
+  uint32_t h = 2166136261u;
+  for (unsigned char b : addr.s6_addr) h = (h ^ b) * 16777619u;
+  h = (h ^ (port & 0xff)) * 16777619u;
+  h = (h ^ (port >> 8)) * 16777619u;
+  return h & bucket_mask_;
+}
+
+void Assembler::lru_unlink(Sender* s) {
+  if (s->lru_prev >= 0) slots_[s->lru_prev].lru_next = s->lru_next;
+  else lru_head_ = s->lru_next;
+  if (s->lru_next >= 0) slots_[s->lru_next].lru_prev = s->lru_prev;
+  else lru_tail_ = s->lru_prev;
+}
+
+void Assembler::lru_append(Sender* s) {
+  s->lru_prev = lru_tail_;
+  s->lru_next = -1;
+  if (lru_tail_ >= 0) slots_[lru_tail_].lru_next = index(s);
+  else lru_head_ = index(s);
+  lru_tail_ = index(s);
+}
+
+void Assembler::pend_unlink(Sender* s) {
+  if (s->pend_prev >= 0) slots_[s->pend_prev].pend_next = s->pend_next;
+  else pend_head_ = s->pend_next;
+  if (s->pend_next >= 0) slots_[s->pend_next].pend_prev = s->pend_prev;
+  else pend_tail_ = s->pend_prev;
+}
+
+void Assembler::pend_append(Sender* s) {
+  s->pend_prev = pend_tail_;
+  s->pend_next = -1;
+  if (pend_tail_ >= 0) slots_[pend_tail_].pend_next = index(s);
+  else pend_head_ = index(s);
+  pend_tail_ = index(s);
+}
+
+void Assembler::unhash(Sender* s) {
+  int32_t* link = &buckets_[bucket(s->addr, s->port)];
+  while (*link != index(s)) link = &slots_[*link].hash_next;
+  *link = s->hash_next;
+}
+
+// A free slot, or the slot of the sender idle longest once the table is
+// full; that sender's partial line is written out first, nothing is lost.
+Sender* Assembler::take_slot() {
+  if (used_ < opts_.clients) return &slots_[used_++];
+  Sender* s = &slots_[lru_head_];
+  if (s->partial_len > 0) write_partial(s, nullptr, 0, false);
+  unhash(s);
+  lru_unlink(s);
+  stats_.senders_reused++;
+  return s;
+}
+
+// Finds the sender, or makes it known; either way it becomes the most
+// recently heard.
+Sender* Assembler::lookup(const in6_addr& addr, uint16_t port) {
+  uint32_t b = bucket(addr, port);
+  for (int32_t i = buckets_[b]; i >= 0; i = slots_[i].hash_next) {
+    Sender* s = &slots_[i];
+    if (s->port == port && !memcmp(&s->addr, &addr, sizeof addr)) {
+      if (lru_tail_ != i) {
+        lru_unlink(s);
+        lru_append(s);
+      }
+      return s;
+    }
+  }
+  Sender* s = take_slot();
+  s->addr = addr;
+  s->port = port;
+  size_t n = format_sender(addr, port, s->name);
+  s->name[n] = ' ';
+  s->name_len = uint8_t(n + 1);
+  s->partial_len = 0;
+  s->in_use = true;
+  s->hash_next = buckets_[b];
+  buckets_[b] = index(s);
+  lru_append(s);
+  return s;
+}
+
+// Writes one log line: prefix, then a (copied) and b (referenced in place,
+// followed by its newline when newline_in_b), then a newline if needed.
+void Assembler::write_line(Sender* s, time_t sec, const char* a, size_t alen,
+                           const char* b, size_t blen, bool newline_in_b) {
+  out_->copy(stamps_.get(sec), 20);
+  out_->copy(s->name, s->name_len);
+  bool escape = opts_.escape == Escape::hex;
+  if (alen > 0) {
+    if (escape) out_->copy_escaped(a, alen);
+    else out_->copy(a, alen);
+  }
+  if (escape && any_escape(b, blen)) {
+    out_->copy_escaped(b, blen);
+    out_->copy("\n", 1);
+  } else if (newline_in_b) {
+    out_->ref(b, blen + 1);
+  } else {
+    out_->ref(b, blen);
+    out_->copy("\n", 1);
+  }
+  stats_.lines++;
+}
+
+// Writes the sender's partial line followed by rest, and forgets it.
+void Assembler::write_partial(Sender* s, const char* rest, size_t rest_len,
+                              bool newline_in_rest) {
+  write_line(s, s->partial_time.tv_sec, s->partial, s->partial_len, rest,
+             rest_len, newline_in_rest);
+  s->partial_len = 0;
+  pend_unlink(s);
+}
+
+// Keeps bytes that have no newline yet.  The buffer grows (at most to
+// wbuf) only when this sender's partial line is longer than ever before.
+void Assembler::keep_partial(Sender* s, const char* p, size_t len,
+                             const timespec& when) {
+  size_t need = s->partial_len + len;
+  if (need > s->partial_cap) {
+    size_t cap = s->partial_cap ? s->partial_cap : 256;
+    while (cap < need) cap *= 2;
+    if (cap > opts_.wbuf) cap = opts_.wbuf;
+    char* grown = static_cast<char*>(realloc(s->partial, cap));
+    if (!grown) {  // out of memory: write the line now rather than lose it
+      if (s->partial_len > 0) write_partial(s, p, len, false);
+      else write_line(s, when.tv_sec, nullptr, 0, p, len, false);
+      return;
+    }
+    s->partial = grown;
+    s->partial_cap = uint32_t(cap);
+  }
+  if (s->partial_len == 0) {
+    s->partial_time = when;
+    pend_append(s);
+  }
+  memcpy(s->partial + s->partial_len, p, len);
+  s->partial_len += uint32_t(len);
+}
+
+void Assembler::datagram(const in6_addr& addr, uint16_t port, const char* data,
+                         size_t len, const timespec& when) {
+  stats_.datagrams++;
+  stats_.bytes += len;
+  if (len == 0) return;
+  Sender* s = lookup(addr, port);
+  const size_t wbuf = opts_.wbuf;
+  const char* p = data;
+  const char* end = data + len;
+  while (p < end) {
+    const char* nl = static_cast<const char*>(memchr(p, '\n', size_t(end - p)));
+    size_t seg = size_t((nl ? nl : end) - p);  // bytes before the newline
+    if (s->partial_len > 0) {
+      size_t room = wbuf - s->partial_len;
+      if (nl && seg <= room) {  // completes the partial line
+        write_partial(s, p, seg, true);
+        p = nl + 1;
+      } else if (seg > room) {  // partial line reaches wbuf: write a piece
+        write_partial(s, p, room, false);
+        p += room;
+      } else {  // still no newline
+        keep_partial(s, p, seg, when);
+        p = end;
+      }
+    } else if (seg > wbuf) {
+      write_line(s, when.tv_sec, nullptr, 0, p, wbuf, false);
+      p += wbuf;
+    } else if (nl) {
+      write_line(s, when.tv_sec, nullptr, 0, p, seg, true);
+      p = nl + 1;
+    } else {
+      keep_partial(s, p, seg, when);
+      p = end;
+    }
+  }
+}
+
+void Assembler::expire(const timespec& now, bool all) {
+  while (pend_head_ >= 0) {
+    Sender* s = &slots_[pend_head_];
+    timespec due = s->partial_time;
+    due.tv_sec += opts_.timeout;
+    if (!all && !timespec_le(due, now)) break;
+    write_partial(s, nullptr, 0, false);
+    stats_.lines_timed_out++;
+  }
+}
+
+timespec Assembler::next_deadline() const {
+  timespec due = {0, 0};
+  if (pend_head_ >= 0) {
+    due = slots_[pend_head_].partial_time;
+    due.tv_sec += opts_.timeout;
+  }
+  return due;
+}
+
+}  // namespace ul
+
+// =================================================================== shell
+#ifndef UDPLOGGER_NO_MAIN
+namespace {
+
+using namespace ul;
+
+constexpr int kBatch = 64;             // datagrams per recvmmsg
+constexpr size_t kSlotBytes = 65536;   // room for the largest UDP datagram
+constexpr int kBatchesPerWake = 64;    // then look at timers and signals
+constexpr size_t kArenaBytes = 256 * 1024;
+
+[[noreturn]] void die(const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fputs("udplogger: ", stderr);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+  exit(1);
+}
+
+void warn(const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fputs("udplogger: ", stderr);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+}
+
+timespec now_realtime() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return ts;
+}
+
+// ------------------------------------------------------------------ socket
+
+struct Listener {
+  int fd = -1;
+  char where[INET6_ADDRSTRLEN + 16];  // "[::]:6666" for messages
+  bool dual_stack = false;
+  int rbuf_granted = 0;
+};
+
+// Creates, tunes and binds the UDP socket; every failure is fatal and
+// names the address.
+void open_listener(const Options& o, Listener* l) {
+  sockaddr_storage ss = {};
+  socklen_t sslen;
+  int family = AF_INET6;
+  auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
+  const char* ip = o.ip ? o.ip : "::";
+  if (inet_pton(AF_INET, ip, &sin->sin_addr) == 1) family = AF_INET;
+  else inet_pton(AF_INET6, ip, &sin6->sin6_addr);
+  l->fd = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (l->fd < 0 && family == AF_INET6 && !o.ip && errno == EAFNOSUPPORT) {
+    family = AF_INET;  // IPv6 disabled on this host: IPv4 only
+    ip = "0.0.0.0";
+    sin->sin_addr.s_addr = htonl(INADDR_ANY);
+    l->fd = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  }
+  snprintf(l->where, sizeof l->where, family == AF_INET6 ? "[%s]:%u" : "%s:%u",
+           ip, o.port);
+  if (l->fd < 0) die("cannot create UDP socket for %s: %s", l->where, strerror(errno));
+  if (family == AF_INET6) {
+    sin6->sin6_family = AF_INET6;
+    sin6->sin6_port = htons(uint16_t(o.port));
+    sslen = sizeof *sin6;
+    int v6only = IN6_IS_ADDR_UNSPECIFIED(&sin6->sin6_addr) ? 0 : 1;
+    l->dual_stack = !v6only;
+    if (setsockopt(l->fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only) < 0)
+      die("cannot set IPV6_V6ONLY on %s: %s", l->where, strerror(errno));
+  } else {
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(uint16_t(o.port));
+    sslen = sizeof *sin;
+  }
+  int rbuf = int(o.rbuf);
+  if (setsockopt(l->fd, SOL_SOCKET, SO_RCVBUFFORCE, &rbuf, sizeof rbuf) < 0 &&
+      setsockopt(l->fd, SOL_SOCKET, SO_RCVBUF, &rbuf, sizeof rbuf) < 0)
+    die("cannot set receive buffer of %s to %d: %s", l->where, rbuf, strerror(errno));
+  socklen_t len = sizeof l->rbuf_granted;
+  getsockopt(l->fd, SOL_SOCKET, SO_RCVBUF, &l->rbuf_granted, &len);
+  int on = 1;
+  if (setsockopt(l->fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on) < 0 &&
+      setsockopt(l->fd, SOL_SOCKET, SO_TIMESTAMP, &on, sizeof on) < 0)
+    die("cannot ask for receive timestamps on %s: %s", l->where, strerror(errno));
+  setsockopt(l->fd, SOL_SOCKET, SO_RXQ_OVFL, &on, sizeof on);  // best effort
+  if (bind(l->fd, reinterpret_cast<sockaddr*>(&ss), sslen) < 0)
+    die("cannot bind UDP %s: %s", l->where, strerror(errno));
+}
+
+// --------------------------------------------------------------- log files
+
+struct LogFile {
+  int dirfd = -1;
+  int fd = -1;
+  char dir[PATH_MAX];
+  char name[16];
+  unsigned perm = 0600;
+  time_t next_switch = 0;
+  uint64_t bytes_lost = 0;  // bytes writev could not write
+  int last_errno = 0;
+};
+
+// Opens dir/name for appending without following links or blocking on a
+// FIFO, and refuses anything but a non-executable regular file.  A file it
+// creates gets exactly `perm`, whatever the umask.  Returns -1 with *why set.
+int open_log_file(const LogFile& lf, const char* name, char* why, size_t whylen) {
+  const int flags = O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
+  bool created = true;
+  int fd = openat(lf.dirfd, name, flags | O_CREAT | O_EXCL, lf.perm);
+  if (fd < 0 && errno == EEXIST) {
+    created = false;
+    fd = openat(lf.dirfd, name, flags);
+  }
+  if (fd < 0) {
+    snprintf(why, whylen, "%s", errno == ELOOP ? "is a symbolic link" :
+             errno == ENXIO ? "is not a regular file" : strerror(errno));
+    return -1;
+  }
+  struct stat st;
+  if (fstat(fd, &st) < 0) {
+    snprintf(why, whylen, "%s", strerror(errno));
+  } else if (!S_ISREG(st.st_mode)) {
+    snprintf(why, whylen, "is not a regular file");
+  } else if (st.st_mode & 0111) {
+    snprintf(why, whylen, "is executable (mode %04o); refusing to append to it",
+             unsigned(st.st_mode & 07777));
+  } else if (created && fchmod(fd, lf.perm) < 0) {
+    snprintf(why, whylen, "cannot set mode %04o: %s", lf.perm, strerror(errno));
+  } else if (fcntl(fd, F_SETFL, O_WRONLY | O_APPEND) < 0) {  // writes may block again
+    snprintf(why, whylen, "%s", strerror(errno));
+  } else {
+    return fd;
+  }
+  close(fd);
+  return -1;
+}
+
+// Points the log at the file for the local date of `now`; on failure keeps
+// the current file (if any) and returns false with *why set.
+bool switch_log_file(LogFile* lf, time_t now, char* why, size_t whylen) {
+  char name[16];
+  log_file_name(now, name);
+  int fd = open_log_file(*lf, name, why, whylen);
+  if (fd < 0) return false;
+  if (lf->fd >= 0) close(lf->fd);
+  lf->fd = fd;
+  memcpy(lf->name, name, sizeof name);
+  lf->next_switch = next_local_midnight(now);
+  return true;
+}
+
+// Writes one batch of log text; short writes continue, errors are counted
+// and reported once per kind so a full disk does not flood stderr.
+void write_batch(void* ctx, const iovec* iov, int iovcnt) {
+  auto* lf = static_cast<LogFile*>(ctx);
+  iovec rest[1024];
+  memcpy(rest, iov, sizeof(iovec) * size_t(iovcnt));
+  iovec* v = rest;
+  while (iovcnt > 0) {
+    ssize_t w = writev(lf->fd, v, iovcnt);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      size_t lost = 0;
+      for (int i = 0; i < iovcnt; i++) lost += v[i].iov_len;
+      lf->bytes_lost += lost;
+      if (errno != lf->last_errno)
+        warn("cannot write %s/%s: %s (%llu bytes lost so far)", lf->dir, lf->name,
+             strerror(errno), static_cast<unsigned long long>(lf->bytes_lost));
+      lf->last_errno = errno;
+      return;
+    }
+    lf->last_errno = 0;
+    size_t done = size_t(w);
+    while (iovcnt > 0 && done >= v->iov_len) {
+      done -= v->iov_len;
+      v++;
+      iovcnt--;
+    }
+    if (iovcnt > 0) {
+      v->iov_base = static_cast<char*>(v->iov_base) + done;
+      v->iov_len -= done;
+    }
+  }
+}
+
+// ------------------------------------------------------------- privileges
+
+// Switches to gid and uid (supplementary groups cleared first) and checks
+// that it cannot switch back; any failure is fatal.
+void drop_privileges(const Options& o) {
+  if (o.uid < 0 && o.gid < 0) return;
+  if (geteuid() == 0 && setgroups(0, nullptr) < 0)
+    die("cannot clear supplementary groups: %s", strerror(errno));
+  if (o.gid >= 0) {
+    gid_t g = gid_t(o.gid);
+    if (setresgid(g, g, g) < 0) die("cannot set gid to %ld: %s", o.gid, strerror(errno));
+    if (getgid() != g || getegid() != g) die("gid is not %ld after setresgid", o.gid);
+  }
+  if (o.uid >= 0) {
+    uid_t u = uid_t(o.uid);
+    if (setresuid(u, u, u) < 0) die("cannot set uid to %ld: %s", o.uid, strerror(errno));
+    if (getuid() != u || geteuid() != u) die("uid is not %ld after setresuid", o.uid);
+    if (u != 0 && setuid(0) == 0) die("could regain root after dropping to uid %ld", o.uid);
+  }
+}
+
+// ---------------------------------------------------------------- receive
+
+// Preallocated recvmmsg state.  Each slot has room for the largest
+// datagram, but the ring is anonymous memory: only the pages a datagram
+// actually fills become resident, so small datagrams cost one page a slot.
+struct Ring {
+  mmsghdr msgs[kBatch];
+  iovec iov[kBatch];
+  sockaddr_in6 names[kBatch];
+  alignas(cmsghdr) char ctrl[kBatch][64];
+  char* data = nullptr;
+  uint32_t last_drops = 0;  // SO_RXQ_OVFL counter seen last
+};
+
+void ring_init(Ring* r) {
+  void* p = mmap(nullptr, kBatch * kSlotBytes, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) die("cannot map %zu bytes of receive ring: %s",
+                           kBatch * kSlotBytes, strerror(errno));
+  r->data = static_cast<char*>(p);
+  for (int i = 0; i < kBatch; i++) {
+    r->iov[i].iov_base = r->data + size_t(i) * kSlotBytes;
+    r->iov[i].iov_len = kSlotBytes;
+    msghdr& h = r->msgs[i].msg_hdr;
+    h.msg_iov = &r->iov[i];
+    h.msg_iovlen = 1;
+    h.msg_name = &r->names[i];
+  }
+}
+
+// The sender of message i as an IPv6 (or v4-mapped) address.
+void sender_of(const Ring& r, int i, in6_addr* addr, uint16_t* port) {
+  const sockaddr_in6& sa = r.names[i];
+  if (sa.sin6_family == AF_INET) {
+    const auto& sin = reinterpret_cast<const sockaddr_in&>(sa);
+    memset(addr, 0, sizeof *addr);
+    addr->s6_addr[10] = addr->s6_addr[11] = 0xff;
+    memcpy(&addr->s6_addr[12], &sin.sin_addr, 4);
+    *port = ntohs(sin.sin_port);
+  } else {
+    *addr = sa.sin6_addr;
+    *port = ntohs(sa.sin6_port);
+  }
+}
+
+// Arrival time of message i as the kernel stamped it, else `fallback`.
+timespec arrival_of(const Ring& r, int i, const timespec& fallback) {
+  const msghdr& h = r.msgs[i].msg_hdr;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&h); c; c = CMSG_NXTHDR(const_cast<msghdr*>(&h), c)) {
+    if (c->cmsg_level != SOL_SOCKET) continue;
+    if (c->cmsg_type == SCM_TIMESTAMPNS) {
+      timespec ts;
+      memcpy(&ts, CMSG_DATA(c), sizeof ts);
+      return ts;
+    }
+    if (c->cmsg_type == SCM_TIMESTAMP) {
+      timeval tv;
+      memcpy(&tv, CMSG_DATA(c), sizeof tv);
+      return timespec{tv.tv_sec, tv.tv_usec * 1000};
+    }
+  }
+  return fallback;
+}
+
+// Receives one batch into the ring and feeds it to the assembler; returns
+// the number of datagrams, 0 when the socket is empty.
+int receive_batch(int fd, Ring* r, Assembler* a) {
+  for (int i = 0; i < kBatch; i++) {
+    msghdr& h = r->msgs[i].msg_hdr;
+    h.msg_namelen = sizeof r->names[i];
+    h.msg_control = r->ctrl[i];
+    h.msg_controllen = sizeof r->ctrl[i];
+    h.msg_flags = 0;
+  }
+  int n = recvmmsg(fd, r->msgs, kBatch, MSG_DONTWAIT, nullptr);
+  if (n <= 0) {
+    if (n < 0 && errno != EAGAIN && errno != EINTR) warn("recvmmsg: %s", strerror(errno));
+    return 0;
+  }
+  timespec now = now_realtime();
+  for (int i = 0; i < n; i++) {
+    in6_addr addr;
+    uint16_t port;
+    sender_of(*r, i, &addr, &port);
+    a->datagram(addr, port, static_cast<char*>(r->iov[i].iov_base),
+                r->msgs[i].msg_len, arrival_of(*r, i, now));
+  }
+  return n;
+}
+
+// ------------------------------------------------------------------- main
+
+int milliseconds_until(const timespec& due, const timespec& now) {
+  long long ms = (long long)(due.tv_sec - now.tv_sec) * 1000 +
+                 (due.tv_nsec - now.tv_nsec) / 1000000 + 1;
+  if (ms < 0) return 0;
+  return ms > 60000 ? 60000 : int(ms);
+}
+
+int open_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  sigaddset(&set, SIGUSR1);
+  if (sigprocmask(SIG_BLOCK, &set, nullptr) < 0) die("sigprocmask: %s", strerror(errno));
+  int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+  if (fd < 0) die("signalfd: %s", strerror(errno));
+  signal(SIGPIPE, SIG_IGN);
+  return fd;
+}
+
+void print_startup(const Options& o, const Listener& l, const LogFile& lf) {
+  printf("udplogger %s: listening on UDP %s%s, writing %s/%s; timeout=%u clients=%u "
+         "wbuf=%u rbuf=%lu (granted %d) escape=%s perm=%04o",
+         kVersion, l.where, l.dual_stack ? " (IPv4 and IPv6)" : "", lf.dir, lf.name,
+         o.timeout, o.clients, o.wbuf, o.rbuf, l.rbuf_granted,
+         o.escape == Escape::hex ? "hex" : "none", o.perm);
+  if (o.uid >= 0) printf(" uid=%ld", o.uid);
+  if (o.gid >= 0) printf(" gid=%ld", o.gid);
+  printf("\n");
+  fflush(stdout);
+}
+
+// At local midnight: the new day's file, or (if it cannot be opened) the
+// current one and a message saying why, as udplogger 1.1 did.
+void midnight_switch(LogFile* lf, Output* out, time_t now) {
+  out->flush();
+  char old[16], why[256];
+  memcpy(old, lf->name, sizeof old);
+  if (!switch_log_file(lf, now, why, sizeof why)) {
+    char name[16];
+    log_file_name(now, name);
+    warn("cannot switch to log file %s/%s: %s; still writing %s", lf->dir, name, why, old);
+    lf->next_switch = now + 60;  // try again in a minute
+  }
+}
+
+int run(const Options& o) {
+  LogFile lf;
+  lf.perm = o.perm;
+  if (!realpath(o.dir, lf.dir)) die("cannot use log directory %s: %s", o.dir, strerror(errno));
+  lf.dirfd = open(lf.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (lf.dirfd < 0) die("cannot use log directory %s: %s", lf.dir, strerror(errno));
+
+  Listener l;
+  open_listener(o, &l);
+  drop_privileges(o);
+
+  char why[256];
+  timespec now = now_realtime();
+  if (!switch_log_file(&lf, now.tv_sec, why, sizeof why)) {
+    char name[16];
+    log_file_name(now.tv_sec, name);
+    die("cannot open log file %s/%s: %s", lf.dir, name, why);
+  }
+
+  Output out;
+  Assembler assembler;
+  Ring* ring = static_cast<Ring*>(calloc(1, sizeof(Ring)));
+  if (!ring || !out.init(kArenaBytes, write_batch, &lf) || !assembler.init(o, &out))
+    die("out of memory for clients=%u", o.clients);
+  ring_init(ring);
+
+  int sigfd = open_signals();
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  epoll_event ev = {};
+  ev.events = EPOLLIN;
+  ev.data.fd = l.fd;
+  if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, l.fd, &ev) < 0) die("epoll: %s", strerror(errno));
+  ev.data.fd = sigfd;
+  if (epoll_ctl(ep, EPOLL_CTL_ADD, sigfd, &ev) < 0) die("epoll: %s", strerror(errno));
+
+  print_startup(o, l, lf);
+
+  for (;;) {
+    now = now_realtime();
+    timespec due = {lf.next_switch, 0};
+    timespec partial_due = assembler.next_deadline();
+    if (partial_due.tv_sec != 0 && partial_due.tv_sec < due.tv_sec) due = partial_due;
+    epoll_event events[2];
+    int n = epoll_wait(ep, events, 2, milliseconds_until(due, now));
+    if (n < 0 && errno != EINTR) die("epoll_wait: %s", strerror(errno));
+    now = now_realtime();
+    if (now.tv_sec >= lf.next_switch) midnight_switch(&lf, &out, now.tv_sec);
+    bool stop = false;
+    for (int i = 0; i < n; i++) {
+      if (events[i].data.fd == l.fd) {
+        for (int b = 0; b < kBatchesPerWake; b++) {
+          int got = receive_batch(l.fd, ring, &assembler);
+          out.flush();  // the ring is reused by the next batch
+          if (got < kBatch) break;
+        }
+        continue;
+      }
+      signalfd_siginfo si;
+      while (read(sigfd, &si, sizeof si) == ssize_t(sizeof si)) {
+        if (si.ssi_signo == SIGHUP) {
+          out.flush();
+          if (!switch_log_file(&lf, now_realtime().tv_sec, why, sizeof why))
+            warn("SIGHUP: cannot reopen log file: %s; still writing %s/%s", why,
+                 lf.dir, lf.name);
+        } else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+          stop = true;
+        }
+      }
+    }
+    now = now_realtime();
+    if (stop) {  // take what is queued, write every partial line, leave
+      while (receive_batch(l.fd, ring, &assembler) > 0) out.flush();
+      assembler.expire(now, true);
+      out.flush();
+      return 0;
+    }
+    assembler.expire(now);
+    out.flush();
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  ul::Options opts;
+  char err[256];
+  switch (ul::parse_options(argc, argv, &opts, err, sizeof err)) {
+    case ul::ParseStatus::help:
+      fputs(ul::kUsage, stdout);
+      return 0;
+    case ul::ParseStatus::version:
+      printf("udplogger %s\n", ul::kVersion);
+      return 0;
+    case ul::ParseStatus::usage_error:
+      fprintf(stderr, "udplogger: %s\n%s", err, ul::kUsage);
+      return 2;
+    case ul::ParseStatus::value_error:
+      fprintf(stderr, "udplogger: %s\n", err);
+      return 2;
+    case ul::ParseStatus::ok:
+      break;
+  }
+  return run(opts);
+}
+#endif  // UDPLOGGER_NO_MAIN

@@ -13,7 +13,7 @@ PREFIX ?= /usr/local
 SBINDIR ?= $(PREFIX)/sbin
 MANDIR ?= $(PREFIX)/share/man
 
-TEST_SOURCES = test/main.cpp test/core_test.cpp test/daemon_test.cpp test/helpers.cpp
+TEST_SOURCES = test/main.cpp test/core_test.cpp test/daemon_test.cpp test/netconsole_test.cpp test/helpers.cpp test/netconsole.cpp
 
 .PHONY: all check clean install
 
@@ -25,7 +25,7 @@ udplogger: udplogger.cpp udplogger.h
 test/udplogger-core.o: udplogger.cpp udplogger.h
 	$(CXX) $(CPPFLAGS) $(TEST_FLAGS) $(CXXFLAGS) -DUDPLOGGER_NO_MAIN -c -o $@ udplogger.cpp
 
-test/run-tests: $(TEST_SOURCES) test/helpers.h test/udplogger-core.o udplogger.h
+test/run-tests: $(TEST_SOURCES) test/helpers.h test/netconsole.h test/udplogger-core.o udplogger.h
 	$(CXX) $(CPPFLAGS) $(TEST_FLAGS) $(CXXFLAGS) -o $@ $(TEST_SOURCES) test/udplogger-core.o $(LDFLAGS)
 
 # Runs every test; the last line is "N passed, N failed".

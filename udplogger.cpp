@@ -41,6 +41,9 @@ const char kUsage[] =
     "  uid=N gid=N  numeric ids to switch to after binding (default: unchanged)\n"
     "  perm=MODE    octal mode of new log files, no x bits (default 0600)\n"
     "  escape=hex|none  write control bytes as \\xNN (default) or raw\n"
+    "  ext=auto|raw extended netconsole: decode and reassemble (default) or\n"
+    "               write as received, as udplogger 1.1 did\n"
+    "  frags=N      fragmented records reassembled at once, 4..4096 (default 64)\n"
     "  --help, --version\n"
     "Every key=value may also be written --key=value.\n";
 
@@ -68,6 +71,7 @@ const NumberOption kNumberOptions[] = {
     {"clients", 10, 65536, 10},    {"wbuf", 1024, 1048576, 10},
     {"rbuf", 65536, 1UL << 30, 10}, {"uid", 0, 4294967294UL, 10},
     {"gid", 0, 4294967294UL, 10},  {"perm", 0, 0777, 8},
+    {"frags", 4, 4096, 10},
 };
 
 void store_number(Options* o, const char* key, unsigned long v) {
@@ -79,6 +83,7 @@ void store_number(Options* o, const char* key, unsigned long v) {
   else if (!strcmp(key, "uid")) o->uid = long(v);
   else if (!strcmp(key, "gid")) o->gid = long(v);
   else if (!strcmp(key, "perm")) o->perm = unsigned(v);
+  else if (!strcmp(key, "frags")) o->frags = unsigned(v);
 }
 
 // Parses one key=value; returns usage_error for an unknown key.
@@ -133,6 +138,15 @@ ParseStatus parse_one(const char* key, size_t keylen, const char* value,
     else if (!strcmp(value, "none")) o->escape = Escape::none;
     else {
       snprintf(err, errlen, "escape=%s: unknown (allowed: hex, none)", value);
+      return ParseStatus::value_error;
+    }
+    return ParseStatus::ok;
+  }
+  if (!strcmp(k, "ext")) {
+    if (!strcmp(value, "auto")) o->ext = Ext::automatic;
+    else if (!strcmp(value, "raw")) o->ext = Ext::raw;
+    else {
+      snprintf(err, errlen, "ext=%s: unknown (allowed: auto, raw)", value);
       return ParseStatus::value_error;
     }
     return ParseStatus::ok;
@@ -336,7 +350,9 @@ bool Assembler::init(const Options& opts, Output* out) {
   if (!slots_ || !buckets_) return false;
   for (uint32_t i = 0; i < nbuckets; i++) buckets_[i] = -1;
   bucket_mask_ = nbuckets - 1;
-  return true;
+  // Reassembly buffers: reserved now, resident only once used.
+  pool_ = static_cast<Reassembly*>(calloc(opts.frags, sizeof(Reassembly)));
+  return pool_ != nullptr;
 }
 
 // FNV-1a over address and port: cheap, and good enough to spread the
@@ -387,10 +403,11 @@ void Assembler::unhash(Sender* s) {
 
 // A free slot, or the slot of the sender idle longest once the table is
 // full; that sender's partial line is written out first, nothing is lost.
-Sender* Assembler::take_slot() {
+Sender* Assembler::take_slot(const timespec& when) {
   if (used_ < opts_.clients) return &slots_[used_++];
   Sender* s = &slots_[lru_head_];
   if (s->partial_len > 0) write_partial(s, nullptr, 0, false);
+  drop_inflight(s, when, "its sender's slot was reused (clients=)");
   unhash(s);
   lru_unlink(s);
   stats_.senders_reused++;
@@ -399,7 +416,8 @@ Sender* Assembler::take_slot() {
 
 // Finds the sender, or makes it known; either way it becomes the most
 // recently heard.
-Sender* Assembler::lookup(const in6_addr& addr, uint16_t port) {
+Sender* Assembler::lookup(const in6_addr& addr, uint16_t port,
+                          const timespec& when) {
   uint32_t b = bucket(addr, port);
   for (int32_t i = buckets_[b]; i >= 0; i = slots_[i].hash_next) {
     Sender* s = &slots_[i];
@@ -411,7 +429,7 @@ Sender* Assembler::lookup(const in6_addr& addr, uint16_t port) {
       return s;
     }
   }
-  Sender* s = take_slot();
+  Sender* s = take_slot(when);
   s->addr = addr;
   s->port = port;
   size_t n = format_sender(addr, port, s->name);
@@ -419,6 +437,9 @@ Sender* Assembler::lookup(const in6_addr& addr, uint16_t port) {
   s->name_len = uint8_t(n + 1);
   s->partial_len = 0;
   s->in_use = true;
+  s->seq_known = s->msgid_known = false;
+  s->release_len = 0;
+  for (int32_t& r : s->inflight) r = -1;
   s->hash_next = buckets_[b];
   buckets_[b] = index(s);
   lru_append(s);
@@ -488,7 +509,22 @@ void Assembler::datagram(const in6_addr& addr, uint16_t port, const char* data,
   stats_.datagrams++;
   stats_.bytes += len;
   if (len == 0) return;
-  Sender* s = lookup(addr, port);
+  Sender* s = lookup(addr, port, when);
+  // A header counts only at the start of a line: a datagram that continues
+  // a partial line is text, whatever it looks like.
+  ExtHeader h;
+  if (opts_.ext == Ext::automatic && s->partial_len == 0 &&
+      parse_ext_header(data, len, &h)) {
+    check_release(s, h, when);
+    if (h.fragment) fragment(s, h, data, len, when);
+    else record(s, h, data, len, when);
+    return;
+  }
+  text(s, data, len, when);
+}
+
+// Plain text: joined into lines across datagrams, split at wbuf.
+void Assembler::text(Sender* s, const char* data, size_t len, const timespec& when) {
   const size_t wbuf = opts_.wbuf;
   const char* p = data;
   const char* end = data + len;
@@ -529,15 +565,498 @@ void Assembler::expire(const timespec& now, bool all) {
     write_partial(s, nullptr, 0, false);
     stats_.lines_timed_out++;
   }
+  while (age_head_ >= 0) {
+    Reassembly* r = &pool_[age_head_];
+    timespec due = r->first;
+    due.tv_sec += opts_.timeout;
+    if (!all && !timespec_le(due, now)) break;
+    finish(r, now, all ? "at exit" : "after timeout=");
+  }
 }
 
 timespec Assembler::next_deadline() const {
   timespec due = {0, 0};
-  if (pend_head_ >= 0) {
-    due = slots_[pend_head_].partial_time;
-    due.tv_sec += opts_.timeout;
-  }
+  if (pend_head_ >= 0) due = slots_[pend_head_].partial_time;
+  if (age_head_ >= 0 && (due.tv_sec == 0 || timespec_le(pool_[age_head_].first, due)))
+    due = pool_[age_head_].first;
+  if (due.tv_sec != 0) due.tv_sec += opts_.timeout;
   return due;
+}
+
+// ====================================================== extended netconsole
+
+namespace {
+
+// Parses decimal digits at *p (at most max_digits) into *v.
+bool parse_decimal(const char** p, const char* end, int max_digits, uint64_t* v) {
+  const char* q = *p;
+  uint64_t n = 0;
+  while (q < end && *q >= '0' && *q <= '9' && q - *p < max_digits) n = n * 10 + uint64_t(*q++ - '0');
+  if (q == *p || (q < end && *q >= '0' && *q <= '9')) return false;
+  *p = q;
+  *v = n;
+  return true;
+}
+
+bool expect(const char** p, const char* end, char c) {
+  if (*p >= end || **p != c) return false;
+  (*p)++;
+  return true;
+}
+
+// PRI,SEQ,USEC,FLAG[,field...]; where one field may be ncfrag=OFF/TOTAL.
+bool parse_ext_fields(const char* p, const char* end, const char* start, ExtHeader* h) {
+  uint64_t pri, off, total;
+  if (!parse_decimal(&p, end, 4, &pri) || pri > 1023 || !expect(&p, end, ',') ||
+      !parse_decimal(&p, end, 20, &h->seq) || !expect(&p, end, ',') ||
+      !parse_decimal(&p, end, 20, &h->usec) || !expect(&p, end, ',') || p >= end ||
+      (*p != '-' && *p != 'c' && *p != '+'))
+    return false;
+  h->pri = unsigned(pri);
+  h->flag = *p++;
+  h->fragment = false;
+  while (p < end && *p == ',') {  // fields newer kernels may add
+    p++;
+    if (end - p > 7 && !memcmp(p, "ncfrag=", 7)) {
+      p += 7;
+      if (!parse_decimal(&p, end, 10, &off) || !expect(&p, end, '/') ||
+          !parse_decimal(&p, end, 10, &total) || off > UINT32_MAX || total > UINT32_MAX)
+        return false;
+      h->fragment = true;
+      h->frag_off = uint32_t(off);
+      h->frag_total = uint32_t(total);
+    } else {
+      while (p < end && *p != ',' && *p != ';' && *p > ' ' && *p < 0x7f) p++;
+    }
+  }
+  if (!expect(&p, end, ';')) return false;
+  h->body = size_t(p - start);
+  return true;
+}
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+}  // namespace
+
+bool parse_ext_header(const char* data, size_t len, ExtHeader* h) {
+  const char* end = data + (len < 160 ? len : 160);  // headers are short
+  h->release = nullptr;
+  h->release_len = 0;
+  if (parse_ext_fields(data, end, data, h)) return true;
+  // RELEASE, (the kernel's uname release: printable, no ',' or ';')
+  const char* comma = static_cast<const char*>(memchr(data, ',', size_t(end - data)));
+  if (!comma || comma == data || comma - data > 64) return false;
+  for (const char* p = data; p < comma; p++)
+    if (*p <= ' ' || *p >= 0x7f || *p == ';') return false;
+  if (!parse_ext_fields(comma + 1, end, data, h)) return false;
+  h->release = data;
+  h->release_len = size_t(comma - data);
+  return true;
+}
+
+size_t kernel_unescape(const char* src, size_t len, char* dst) {
+  size_t w = 0;
+  for (size_t i = 0; i < len; i++) {
+    int hi, lo;
+    if (src[i] == '\\' && i + 3 < len && src[i + 1] == 'x' &&
+        (hi = hex_value(src[i + 2])) >= 0 && (lo = hex_value(src[i + 3])) >= 0) {
+      dst[w++] = char(hi << 4 | lo);
+      i += 3;
+    } else {
+      dst[w++] = src[i];
+    }
+  }
+  return w;
+}
+
+void Assembler::notice(const timespec& now, const char* fmt, ...) {
+  char text[512];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(text, sizeof text, fmt, ap);
+  va_end(ap);
+  if (n < 0) return;
+  size_t len = size_t(n) < sizeof text ? size_t(n) : sizeof text - 1;
+  out_->copy(stamps_.get(now.tv_sec), 20);
+  out_->copy("udplogger: ", 11);
+  out_->copy_escaped(text, len);
+  out_->copy("\n", 1);
+}
+
+// A notice about one sender: "udplogger: IP:PORT: text".
+void Assembler::notice_sender(const timespec& now, Sender* s, const char* fmt, ...) {
+  char text[400];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(text, sizeof text, fmt, ap);
+  va_end(ap);
+  notice(now, "%.*s: %s", int(s->name_len - 1), s->name, text);
+}
+
+void Assembler::kernel_drops(uint32_t total, const timespec& now) {
+  if (total == drops_seen_) return;
+  uint32_t dropped = total - drops_seen_;  // the counter may wrap
+  drops_seen_ = total;
+  stats_.kernel_drops += dropped;
+  notice(now, "%u datagram%s dropped by the kernel: receive buffer full (rbuf=%lu)",
+         dropped, dropped == 1 ? "" : "s", opts_.rbuf);
+}
+
+void Assembler::format_stats(char* buf, size_t len) const {
+  const Stats& t = stats_;
+  snprintf(buf, len,
+           "statistics: datagrams=%llu bytes=%llu lines=%llu records=%llu "
+           "fragments=%llu reassembled=%llu incomplete=%llu missing_by_seq=%llu "
+           "lost_in_transit=%llu kernel_drops=%llu duplicates=%llu malformed=%llu "
+           "timed_out=%llu senders=%zu reused=%llu",
+           (unsigned long long)t.datagrams, (unsigned long long)t.bytes,
+           (unsigned long long)t.lines, (unsigned long long)t.records,
+           (unsigned long long)t.fragments, (unsigned long long)t.reassembled,
+           (unsigned long long)t.incomplete, (unsigned long long)t.missing,
+           (unsigned long long)t.lost_in_transit, (unsigned long long)t.kernel_drops,
+           (unsigned long long)t.duplicates, (unsigned long long)t.malformed,
+           (unsigned long long)t.lines_timed_out, used_, (unsigned long long)t.senders_reused);
+}
+
+// Notes the kernel release when a sender first sends one or changes it.
+void Assembler::check_release(Sender* s, const ExtHeader& h, const timespec& when) {
+  if (h.release_len == 0 ||
+      (h.release_len == s->release_len && !memcmp(h.release, s->release, h.release_len)))
+    return;
+  if (s->release_len == 0)
+    notice_sender(when, s, "kernel release %.*s", int(h.release_len), h.release);
+  else
+    notice_sender(when, s, "kernel release changed from %.*s to %.*s", int(s->release_len),
+                  s->release, int(h.release_len), h.release);
+  memcpy(s->release, h.release, h.release_len);
+  s->release_len = uint8_t(h.release_len);
+}
+
+// Tracks SEQ: reports gaps and restarts; true for a record seen before.
+bool Assembler::seen_before(Sender* s, uint64_t seq, const timespec& when) {
+  if (!s->seq_known) {
+    s->seq_known = true;
+    s->last_seq = seq;
+    s->seq_window = 1;
+    return false;
+  }
+  if (seq > s->last_seq) {
+    uint64_t gap = seq - s->last_seq - 1;
+    if (gap > 0) {
+      stats_.missing += gap;
+      notice_sender(when, s, "%llu record%s not received: seq %llu..%llu; %s",
+                    (unsigned long long)gap, gap == 1 ? "" : "s",
+                    (unsigned long long)(s->last_seq + 1), (unsigned long long)(seq - 1),
+                    s->msgid_known ? "filtered by the sender's console loglevel"
+                                   : "lost on the way or filtered by the sender's console loglevel");
+    }
+    uint64_t shift = seq - s->last_seq;
+    s->seq_window = shift >= 64 ? 1 : (s->seq_window << shift) | 1;
+    s->last_seq = seq;
+    return false;
+  }
+  uint64_t back = s->last_seq - seq;
+  if (back < 64) {  // a duplicate, or a late record filling a gap
+    if (s->seq_window >> back & 1) return true;
+    s->seq_window |= uint64_t(1) << back;
+    return false;
+  }
+  notice_sender(when, s, "sequence restarted at seq %llu after seq %llu: sender rebooted?",
+                (unsigned long long)seq, (unsigned long long)s->last_seq);
+  s->last_seq = seq;
+  s->seq_window = 1;
+  s->msgid_known = false;
+  return false;
+}
+
+// msgid= (newer kernels) counts messages sent: a gap is a loss in transit.
+void Assembler::check_msgid(Sender* s, const char* text, size_t len, const timespec& when) {
+  const char* m = static_cast<const char*>(memmem(text, len, "\n msgid=", 8));
+  if (!m) return;
+  const char* p = m + 8;
+  uint64_t id;
+  if (!parse_decimal(&p, text + len, 20, &id)) return;
+  if (s->msgid_known && id > s->last_msgid + 1) {
+    uint64_t lost = id - s->last_msgid - 1;
+    stats_.lost_in_transit += lost;
+    notice_sender(when, s, "%llu record%s lost in transit: msgid %llu..%llu",
+                  (unsigned long long)lost, lost == 1 ? "" : "s",
+                  (unsigned long long)(s->last_msgid + 1), (unsigned long long)(id - 1));
+  }
+  if (!s->msgid_known || id > s->last_msgid) s->last_msgid = id;
+  s->msgid_known = true;
+}
+
+// Text that must go out on its own, as plain lines.
+void Assembler::text_whole(Sender* s, const char* data, size_t len, const timespec& when) {
+  text(s, data, len, when);
+  if (s->partial_len > 0) write_partial(s, nullptr, 0, false);
+}
+
+// A whole record in one datagram.
+void Assembler::record(Sender* s, const ExtHeader& h, const char* data, size_t len,
+                       const timespec& when) {
+  if (seen_before(s, h.seq, when)) {
+    stats_.duplicates++;
+    return;
+  }
+  const char* body = data + h.body;
+  size_t n = len - h.body;
+  check_msgid(s, body, n, when);
+  rec_begin(s, h.pri, h.usec, when.tv_sec);
+  rec_text(body, n);
+  rec_end();
+  stats_.records++;
+}
+
+// One fragment: kept until its record is whole or times out.
+void Assembler::fragment(Sender* s, const ExtHeader& h, const char* data, size_t len,
+                         const timespec& when) {
+  stats_.fragments++;
+  const char* payload = data + h.body;
+  size_t n = len - h.body;
+  if (h.frag_total == 0 || h.frag_total > kRecordMax || h.frag_off >= h.frag_total ||
+      n > h.frag_total - h.frag_off || n == 0) {
+    stats_.malformed++;
+    notice_sender(when, s, "malformed fragment (seq %llu, ncfrag=%u/%u, %zu bytes): "
+                  "written as text", (unsigned long long)h.seq, h.frag_off, h.frag_total, n);
+    text_whole(s, data, len, when);
+    return;
+  }
+  for (int32_t idx : s->inflight) {
+    if (idx >= 0 && pool_[idx].seq == h.seq && pool_[idx].total != h.frag_total) {
+      stats_.malformed++;
+      notice_sender(when, s, "fragment of seq %llu says %u bytes in all, earlier ones %u: "
+                    "written as text", (unsigned long long)h.seq, h.frag_total, pool_[idx].total);
+      text_whole(s, data, len, when);
+      return;
+    }
+  }
+  Reassembly* r = reassembly_for(s, h, when);
+  if (!r) {  // its record was written already
+    stats_.duplicates++;
+    notice_sender(when, s, "late or duplicate fragment of seq %llu (ncfrag=%u/%u) ignored: "
+                  "its record was written already", (unsigned long long)h.seq, h.frag_off,
+                  h.frag_total);
+    return;
+  }
+  memcpy(r->data + h.frag_off, payload, n);
+  for (uint32_t i = h.frag_off; i < h.frag_off + n; i++) {
+    uint8_t bit = uint8_t(1u << (i & 7));
+    if (!(r->got[i >> 3] & bit)) {
+      r->got[i >> 3] |= bit;
+      r->have++;
+    }
+  }
+  if (r->have == r->total) {
+    stats_.reassembled++;
+    finish(r, when, nullptr);
+  }
+}
+
+// The reassembly of this fragment's record: found, or started (making
+// room if needed); null when the record was written already.
+Reassembly* Assembler::reassembly_for(Sender* s, const ExtHeader& h, const timespec& when) {
+  int oldest = -1;
+  for (int i = 0; i < 4; i++) {
+    if (s->inflight[i] < 0) continue;
+    Reassembly* r = &pool_[s->inflight[i]];
+    if (r->seq == h.seq && r->total == h.frag_total) return r;
+    if (oldest < 0 || timespec_le(r->first, pool_[s->inflight[oldest]].first)) oldest = i;
+  }
+  if (seen_before(s, h.seq, when)) return nullptr;
+  int free_slot = -1;
+  for (int i = 0; i < 4 && free_slot < 0; i++)
+    if (s->inflight[i] < 0) free_slot = i;
+  if (free_slot < 0) {
+    free_slot = oldest;
+    finish(&pool_[s->inflight[oldest]], when, "with 4 newer records of its sender in reassembly");
+  }
+  int32_t idx;
+  if (free_head_ >= 0) {
+    idx = free_head_;
+    free_head_ = pool_[idx].age_next;
+  } else if (pool_used_ < opts_.frags) {
+    idx = int32_t(pool_used_++);
+  } else {
+    idx = age_head_;
+    finish(&pool_[idx], when, "to make room: reassembly table full (frags=)");
+    free_head_ = pool_[idx].age_next;
+  }
+  Reassembly* r = &pool_[idx];
+  r->sender = index(s);
+  r->seq = h.seq;
+  r->usec = h.usec;
+  r->pri = h.pri;
+  r->total = h.frag_total;
+  r->have = 0;
+  r->first = when;
+  memset(r->got, 0, (r->total + 7) / 8);
+  r->age_prev = age_tail_;
+  r->age_next = -1;
+  if (age_tail_ >= 0) pool_[age_tail_].age_next = idx;
+  else age_head_ = idx;
+  age_tail_ = idx;
+  s->inflight[free_slot] = idx;
+  return r;
+}
+
+// Unlinks a reassembly from the age list and its sender; puts it on the
+// free list.
+void Assembler::release_reassembly(Reassembly* r) {
+  int32_t idx = int32_t(r - pool_);
+  if (r->age_prev >= 0) pool_[r->age_prev].age_next = r->age_next;
+  else age_head_ = r->age_next;
+  if (r->age_next >= 0) pool_[r->age_next].age_prev = r->age_prev;
+  else age_tail_ = r->age_prev;
+  for (int32_t& i : slots_[r->sender].inflight)
+    if (i == idx) i = -1;
+  r->sender = -1;
+  r->age_next = free_head_;
+  free_head_ = idx;
+}
+
+// Writes a reassembled record; one with bytes missing gets a notice first
+// and a mark where each gap is.
+void Assembler::finish(Reassembly* r, const timespec& now, const char* why) {
+  Sender* s = &slots_[r->sender];
+  if (r->have < r->total) {
+    stats_.incomplete++;
+    notice_sender(now, s, "record seq %llu incomplete %s: %u of %u bytes missing",
+                  (unsigned long long)r->seq, why, r->total - r->have, r->total);
+  } else {
+    check_msgid(s, r->data, r->total, now);
+  }
+  rec_begin(s, r->pri, r->usec, r->first.tv_sec);
+  uint32_t i = 0;
+  while (i < r->total) {
+    bool have = r->got[i >> 3] >> (i & 7) & 1;
+    uint32_t j = i;
+    while (j < r->total && bool(r->got[j >> 3] >> (j & 7) & 1) == have) j++;
+    if (have) rec_text(r->data + i, j - i);
+    else rec_gap(j - i);
+    i = j;
+  }
+  rec_end();
+  stats_.records++;
+  release_reassembly(r);
+}
+
+void Assembler::drop_inflight(Sender* s, const timespec& now, const char* why) {
+  for (int32_t idx : s->inflight)
+    if (idx >= 0) finish(&pool_[idx], now, why);
+}
+
+// ------------------------------------------------- writing one record
+
+// Starts a record: "time sender " for dictionary lines, plus
+// "<pri>[sssss.uuuuuu] " (the dmesg -r form) for text lines.
+void Assembler::rec_begin(Sender* s, unsigned pri, uint64_t usec, time_t sec) {
+  RecordLine& l = rl_;
+  memcpy(l.prefix, stamps_.get(sec), 20);
+  memcpy(l.prefix + 20, s->name, s->name_len);
+  l.stamp_len = 20 + s->name_len;
+  int n = snprintf(l.prefix + l.stamp_len, sizeof l.prefix - l.stamp_len, "<%u>[%5llu.%06llu] ",
+                   pri, (unsigned long long)(usec / 1000000), (unsigned long long)(usec % 1000000));
+  l.prefix_len = l.stamp_len + size_t(n);
+  l.in_body = true;
+  l.open = false;
+  l.line_bytes = 0;
+  l.esc_len = 0;
+}
+
+// Writes decoded bytes into the current line, opening it (and starting a
+// new one at wbuf) as needed.
+void Assembler::rec_put(const char* p, size_t len) {
+  RecordLine& l = rl_;
+  while (len > 0) {
+    if (!l.open) {
+      out_->copy(l.prefix, l.in_body ? l.prefix_len : l.stamp_len);
+      l.open = true;
+    }
+    size_t room = opts_.wbuf - l.line_bytes;
+    if (room == 0) {
+      rec_newline();
+      continue;
+    }
+    size_t n = len < room ? len : room;
+    if (opts_.escape == Escape::hex) out_->copy_escaped(p, n);
+    else out_->copy(p, n);
+    l.line_bytes += n;
+    p += n;
+    len -= n;
+  }
+}
+
+void Assembler::rec_newline() {
+  RecordLine& l = rl_;
+  if (!l.open) out_->copy(l.prefix, l.in_body ? l.prefix_len : l.stamp_len);
+  out_->copy("\n", 1);
+  l.open = false;
+  l.line_bytes = 0;
+  stats_.lines++;
+}
+
+// An escape cut short (by a gap or the end) is written as it came.
+void Assembler::rec_flush_escape() {
+  size_t n = rl_.esc_len;
+  rl_.esc_len = 0;
+  if (n > 0) rec_put(rl_.esc, n);
+}
+
+// Feeds kernel-escaped record text: \xNN is decoded, a decoded newline
+// starts a new text line, a raw newline ends the body (dictionary follows).
+void Assembler::rec_text(const char* p, size_t len) {
+  RecordLine& l = rl_;
+  const char* end = p + len;
+  while (p < end) {
+    if (l.esc_len > 0) {
+      bool ok = l.esc_len == 1 ? *p == 'x' : hex_value(*p) >= 0;
+      if (!ok) {
+        rec_flush_escape();
+        continue;
+      }
+      l.esc[l.esc_len++] = *p++;
+      if (l.esc_len == 4) {
+        char c = char(hex_value(l.esc[2]) << 4 | hex_value(l.esc[3]));
+        l.esc_len = 0;
+        if (c == '\n') rec_newline();
+        else rec_put(&c, 1);
+      }
+      continue;
+    }
+    const char* q = p;
+    while (q < end && *q != '\\' && *q != '\n') q++;
+    if (q > p) {
+      rec_put(p, size_t(q - p));
+      p = q;
+    } else if (*p == '\\') {
+      l.esc[0] = '\\';
+      l.esc_len = 1;
+      p++;
+    } else {
+      if (l.open || l.in_body) rec_newline();
+      l.in_body = false;
+      p++;
+    }
+  }
+}
+
+void Assembler::rec_gap(size_t missing) {
+  rec_flush_escape();
+  char mark[48];
+  int n = snprintf(mark, sizeof mark, "[... %zu bytes missing ...]", missing);
+  rec_put(mark, size_t(n));
+}
+
+void Assembler::rec_end() {
+  rec_flush_escape();
+  if (rl_.open) rec_newline();
 }
 
 }  // namespace ul
@@ -764,7 +1283,6 @@ struct Ring {
   sockaddr_in6 names[kBatch];
   alignas(cmsghdr) char ctrl[kBatch][64];
   char* data = nullptr;
-  uint32_t last_drops = 0;  // SO_RXQ_OVFL counter seen last
 };
 
 void ring_init(Ring* r) {
@@ -798,23 +1316,27 @@ void sender_of(const Ring& r, int i, in6_addr* addr, uint16_t* port) {
   }
 }
 
-// Arrival time of message i as the kernel stamped it, else `fallback`.
-timespec arrival_of(const Ring& r, int i, const timespec& fallback) {
+// What the kernel said about message i: its arrival time (else
+// `fallback`) and, after drops, the socket's drop counter (else -1).
+timespec arrival_of(const Ring& r, int i, const timespec& fallback, int64_t* drops) {
   const msghdr& h = r.msgs[i].msg_hdr;
+  timespec ts = fallback;
+  *drops = -1;
   for (cmsghdr* c = CMSG_FIRSTHDR(&h); c; c = CMSG_NXTHDR(const_cast<msghdr*>(&h), c)) {
     if (c->cmsg_level != SOL_SOCKET) continue;
     if (c->cmsg_type == SCM_TIMESTAMPNS) {
-      timespec ts;
       memcpy(&ts, CMSG_DATA(c), sizeof ts);
-      return ts;
-    }
-    if (c->cmsg_type == SCM_TIMESTAMP) {
+    } else if (c->cmsg_type == SCM_TIMESTAMP) {
       timeval tv;
       memcpy(&tv, CMSG_DATA(c), sizeof tv);
-      return timespec{tv.tv_sec, tv.tv_usec * 1000};
+      ts = timespec{tv.tv_sec, tv.tv_usec * 1000};
+    } else if (c->cmsg_type == SO_RXQ_OVFL) {
+      uint32_t n;
+      memcpy(&n, CMSG_DATA(c), sizeof n);
+      *drops = n;
     }
   }
-  return fallback;
+  return ts;
 }
 
 // Receives one batch into the ring and feeds it to the assembler; returns
@@ -837,8 +1359,13 @@ int receive_batch(int fd, Ring* r, Assembler* a) {
     in6_addr addr;
     uint16_t port;
     sender_of(*r, i, &addr, &port);
-    a->datagram(addr, port, static_cast<char*>(r->iov[i].iov_base),
-                r->msgs[i].msg_len, arrival_of(*r, i, now));
+    int64_t drops;
+    timespec when = arrival_of(*r, i, now, &drops);
+    if (drops >= 0) a->kernel_drops(uint32_t(drops), when);
+    if (r->msgs[i].msg_hdr.msg_flags & MSG_TRUNC)
+      a->notice(when, "datagram cut to %u bytes: larger than the receive slot",
+                r->msgs[i].msg_len);
+    a->datagram(addr, port, static_cast<char*>(r->iov[i].iov_base), r->msgs[i].msg_len, when);
   }
   return n;
 }
@@ -868,14 +1395,24 @@ int open_signals() {
 
 void print_startup(const Options& o, const Listener& l, const LogFile& lf) {
   printf("udplogger %s: listening on UDP %s%s, writing %s/%s; timeout=%u clients=%u "
-         "wbuf=%u rbuf=%lu (granted %d) escape=%s perm=%04o",
+         "wbuf=%u rbuf=%lu (granted %d) escape=%s ext=%s frags=%u perm=%04o",
          kVersion, l.where, l.dual_stack ? " (IPv4 and IPv6)" : "", lf.dir, lf.name,
          o.timeout, o.clients, o.wbuf, o.rbuf, l.rbuf_granted,
-         o.escape == Escape::hex ? "hex" : "none", o.perm);
+         o.escape == Escape::hex ? "hex" : "none", o.ext == Ext::raw ? "raw" : "auto",
+         o.frags, o.perm);
   if (o.uid >= 0) printf(" uid=%ld", o.uid);
   if (o.gid >= 0) printf(" gid=%ld", o.gid);
   printf("\n");
   fflush(stdout);
+}
+
+// The statistics line, into the log and on stderr.
+void report_stats(Assembler& a, Output* out) {
+  char line[512];
+  a.format_stats(line, sizeof line);
+  a.notice(now_realtime(), "%s", line);
+  out->flush();
+  warn("%s", line);
 }
 
 // At local midnight: the new day's file, or (if it cannot be opened) the
@@ -956,6 +1493,8 @@ int run(const Options& o) {
           if (!switch_log_file(&lf, now_realtime().tv_sec, why, sizeof why))
             warn("SIGHUP: cannot reopen log file: %s; still writing %s/%s", why,
                  lf.dir, lf.name);
+        } else if (si.ssi_signo == SIGUSR1) {
+          report_stats(assembler, &out);
         } else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
           stop = true;
         }
@@ -965,6 +1504,7 @@ int run(const Options& o) {
     if (stop) {  // take what is queued, write every partial line, leave
       while (receive_batch(l.fd, ring, &assembler) > 0) out.flush();
       assembler.expire(now, true);
+      report_stats(assembler, &out);
       out.flush();
       return 0;
     }

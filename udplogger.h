@@ -24,6 +24,7 @@ constexpr const char kVersion[] = "2.0";
 // ---------------------------------------------------------------- options
 
 enum class Escape { hex, none };
+enum class Ext { automatic, raw };
 
 struct Options {
   const char* ip = nullptr;  // null: dual-stack any address
@@ -37,6 +38,8 @@ struct Options {
   long gid = -1;
   unsigned perm = 0600;
   Escape escape = Escape::hex;
+  Ext ext = Ext::automatic;    // extended netconsole: parse, or text as 1.1
+  unsigned frags = 64;         // fragmented records reassembled at once
 };
 
 enum class ParseStatus { ok, help, version, usage_error, value_error };
@@ -72,6 +75,33 @@ time_t next_local_midnight(time_t t);
 
 // "YYYY-MM-DD.log" for the local date of t.
 void log_file_name(time_t t, char out[16]);
+
+// ---------------------------------------------------- extended netconsole
+
+// The header of an extended netconsole datagram:
+// [RELEASE,]PRI,SEQ,USEC,FLAG[,ncfrag=OFF/TOTAL];
+struct ExtHeader {
+  const char* release = nullptr;  // points into the datagram
+  size_t release_len = 0;
+  unsigned pri = 0;
+  uint64_t seq = 0, usec = 0;
+  char flag = '-';
+  bool fragment = false;
+  uint32_t frag_off = 0, frag_total = 0;
+  size_t body = 0;                // offset of the byte after ';'
+};
+
+// True when data starts with an extended netconsole header (parsed into
+// *h); false for anything else, which is plain text.
+bool parse_ext_header(const char* data, size_t len, ExtHeader* h);
+
+// Decodes the kernel's \xNN escapes; an incomplete or invalid escape stays
+// as it is.  dst needs room for len bytes; returns the bytes written.
+size_t kernel_unescape(const char* src, size_t len, char* dst);
+
+// Longest record the kernel sends (CONSOLE_EXT_LOG_MAX): body, newline and
+// dictionary, escaped.
+constexpr uint32_t kRecordMax = 8192;
 
 // ------------------------------------------------------------------ output
 
@@ -138,12 +168,41 @@ struct Sender {
   char* partial;
   uint32_t partial_len, partial_cap;
   timespec partial_time;       // arrival of its first byte
+  // Extended netconsole: what was seen of this sender's records.
+  bool seq_known, msgid_known;
+  uint64_t last_seq;           // highest SEQ seen
+  uint64_t seq_window;         // bit i: record last_seq - i was seen
+  uint64_t last_msgid;
+  uint8_t release_len;
+  char release[64];
+  int32_t inflight[4];         // its records in reassembly, -1: none
 };
 
 struct Stats {
   uint64_t datagrams = 0, bytes = 0, lines = 0;
   uint64_t senders_reused = 0;
   uint64_t lines_timed_out = 0;
+  uint64_t records = 0;             // extended records written
+  uint64_t fragments = 0;           // fragment datagrams taken in
+  uint64_t reassembled = 0;         // records joined from fragments
+  uint64_t incomplete = 0;          // records written with bytes missing
+  uint64_t missing = 0;             // records missing by SEQ
+  uint64_t lost_in_transit = 0;     // records missing by msgid
+  uint64_t duplicates = 0;          // datagrams seen before, ignored
+  uint64_t malformed = 0;           // bad extended headers, written as text
+  uint64_t kernel_drops = 0;        // datagrams the kernel dropped
+};
+
+// One fragmented record being reassembled.
+struct Reassembly {
+  int32_t sender;                   // -1: free
+  int32_t age_prev, age_next;       // oldest first
+  uint64_t seq, usec;
+  unsigned pri;
+  uint32_t total, have;             // bytes expected, bytes received
+  timespec first;                   // arrival of its first fragment
+  uint8_t got[kRecordMax / 8];      // bit per byte received
+  char data[kRecordMax];
 };
 
 // The sender table and line assembly.  Holds up to opts.clients senders;
@@ -161,15 +220,26 @@ class Assembler {
   // or every partial line when `all` is set (exit).
   void expire(const timespec& now, bool all = false);
 
-  // Earliest time a partial line times out; {0,0} when none is pending.
+  // Earliest time a partial line or record times out; {0,0} when none.
   timespec next_deadline() const;
+
+  // The kernel's count of datagrams dropped on this socket (SO_RXQ_OVFL,
+  // cumulative); writes a notice when it grew.
+  void kernel_drops(uint32_t total, const timespec& now);
+
+  // Writes "YYYY-MM-DD hh:mm:ss udplogger: text" into the log.
+  void notice(const timespec& now, const char* fmt, ...)
+      __attribute__((format(printf, 3, 4)));
+
+  // The statistics line (without newline) into buf.
+  void format_stats(char* buf, size_t len) const;
 
   size_t senders() const { return used_; }
   const Stats& stats() const { return stats_; }
 
  private:
-  Sender* lookup(const in6_addr& addr, uint16_t port);
-  Sender* take_slot();
+  Sender* lookup(const in6_addr& addr, uint16_t port, const timespec& when);
+  Sender* take_slot(const timespec& when);
   void unhash(Sender* s);
   void lru_unlink(Sender* s);
   void lru_append(Sender* s);
@@ -181,6 +251,29 @@ class Assembler {
                      bool newline_in_rest);
   void keep_partial(Sender* s, const char* p, size_t len,
                     const timespec& when);
+  void text(Sender* s, const char* data, size_t len, const timespec& when);
+  void text_whole(Sender* s, const char* data, size_t len, const timespec& when);
+  void record(Sender* s, const ExtHeader& h, const char* data, size_t len,
+              const timespec& when);
+  void fragment(Sender* s, const ExtHeader& h, const char* data, size_t len,
+                const timespec& when);
+  bool seen_before(Sender* s, uint64_t seq, const timespec& when);
+  void check_release(Sender* s, const ExtHeader& h, const timespec& when);
+  void check_msgid(Sender* s, const char* text, size_t len, const timespec& when);
+  void finish(Reassembly* r, const timespec& now, const char* why);
+  Reassembly* reassembly_for(Sender* s, const ExtHeader& h, const timespec& when);
+  void release_reassembly(Reassembly* r);
+  void drop_inflight(Sender* s, const timespec& now, const char* why);
+  // Writing one record: prefix per line, \xNN decoded, lines split.
+  void rec_begin(Sender* s, unsigned pri, uint64_t usec, time_t sec);
+  void rec_text(const char* p, size_t len);
+  void rec_gap(size_t missing);
+  void rec_end();
+  void rec_put(const char* p, size_t len);
+  void rec_newline();
+  void rec_flush_escape();
+  void notice_sender(const timespec& now, Sender* s, const char* fmt, ...)
+      __attribute__((format(printf, 4, 5)));
   int32_t index(const Sender* s) const { return int32_t(s - slots_); }
   uint32_t bucket(const in6_addr& addr, uint16_t port) const;
 
@@ -193,7 +286,22 @@ class Assembler {
   size_t used_ = 0;
   int32_t lru_head_ = -1, lru_tail_ = -1;
   int32_t pend_head_ = -1, pend_tail_ = -1;
+  Reassembly* pool_ = nullptr;      // opts.frags entries
+  int32_t age_head_ = -1, age_tail_ = -1;
+  int32_t free_head_ = -1;          // released entries, linked by age_next
+  uint32_t pool_used_ = 0;          // entries ever used: the rest untouched
+  uint32_t drops_seen_ = 0;
   Stats stats_;
+  // State of the record being written (rec_*).
+  struct RecordLine {
+    char prefix[kSenderNameMax + 64];
+    size_t stamp_len;      // "time sender " for dictionary lines
+    size_t prefix_len;     // plus "<pri>[sssss.uuuuuu] " for text lines
+    bool in_body, open;
+    size_t line_bytes;
+    char esc[4];
+    size_t esc_len;
+  } rl_;
 };
 
 }  // namespace ul

@@ -1,0 +1,85 @@
+// Loading the real netconsole captures.
+#include "netconsole.h"
+
+#include <stdio.h>
+
+#include <stdexcept>
+
+#include "helpers.h"
+#include "udplogger.h"
+
+const char* const kCaptureSets[7] = {"6.1-legacy",  "6.1-extended",  "6.1-configfs",
+                                     "6.12-legacy", "6.12-extended", "6.12-extended-release",
+                                     "6.12-configfs"};
+
+static std::string capture_path(const std::string& file) {
+  return "netconsole/" + file;
+}
+
+std::vector<std::string> load_dump(const std::string& set) {
+  std::string d = read_file(capture_path(set + ".dump"));
+  if (d.empty()) throw std::runtime_error("missing capture " + set + ".dump");
+  std::vector<std::string> out;
+  size_t i = 0;
+  while (i + 4 <= d.size()) {
+    const unsigned char* p = reinterpret_cast<const unsigned char*>(&d[i]);
+    size_t len = size_t(p[0]) << 24 | size_t(p[1]) << 16 | size_t(p[2]) << 8 | p[3];
+    out.push_back(d.substr(i + 4, len));
+    i += 4 + len;
+  }
+  return out;
+}
+
+static std::string unescape(const std::string& s) {
+  std::string out(s.size(), '\0');
+  out.resize(ul::kernel_unescape(s.data(), s.size(), &out[0]));
+  return out;
+}
+
+std::vector<KernelRecord> load_kmsg(const std::string& set) {
+  std::string k = read_file(capture_path(set + ".kmsg"));
+  std::vector<KernelRecord> out;
+  size_t i = 0;
+  while (i < k.size()) {
+    size_t e = k.find('\n', i);
+    if (e == std::string::npos) e = k.size();
+    std::string line = k.substr(i, e - i);
+    i = e + 1;
+    if (line.empty()) continue;
+    if (line[0] == ' ') {
+      if (!out.empty()) out.back().dict.push_back(unescape(line));
+      continue;
+    }
+    KernelRecord r;
+    unsigned long long seq, usec;
+    int n = 0;
+    if (sscanf(line.c_str(), "%u,%llu,%llu,%*c%n", &r.pri, &seq, &usec, &n) < 3) continue;
+    size_t semi = line.find(';');
+    r.seq = seq;
+    r.usec = usec;
+    r.text = unescape(line.substr(semi + 1));
+    out.push_back(r);
+  }
+  return out;
+}
+
+std::string log_escape(const std::string& s) {
+  std::string out(s.size() * 4, '\0');
+  out.resize(ul::escape_text(s.data(), s.size(), &out[0]));
+  return out;
+}
+
+std::vector<std::string> expected_lines(const KernelRecord& r) {
+  char tag[64];
+  snprintf(tag, sizeof tag, "<%u>[%5llu.%06llu] ", r.pri,
+           (unsigned long long)(r.usec / 1000000), (unsigned long long)(r.usec % 1000000));
+  std::vector<std::string> out;
+  size_t i = 0;
+  for (;;) {
+    size_t e = r.text.find('\n', i);
+    out.push_back(tag + log_escape(r.text.substr(i, e == std::string::npos ? e : e - i)));
+    if (e == std::string::npos) break;
+    i = e + 1;
+  }
+  return out;
+}

@@ -730,9 +730,10 @@ void Assembler::check_release(Sender* s, const ExtHeader& h, const timespec& whe
     return;
   if (s->release_len == 0)
     notice_sender(when, s, "kernel release %.*s", int(h.release_len), h.release);
-  else
+  else  // a new kernel: its records count from 0 again
     notice_sender(when, s, "kernel release changed from %.*s to %.*s", int(s->release_len),
                   s->release, int(h.release_len), h.release);
+  s->seq_known = s->msgid_known = false;
   memcpy(s->release, h.release, h.release_len);
   s->release_len = uint8_t(h.release_len);
 }
@@ -741,7 +742,7 @@ void Assembler::check_release(Sender* s, const ExtHeader& h, const timespec& whe
 bool Assembler::seen_before(Sender* s, uint64_t seq, const timespec& when) {
   if (!s->seq_known) {
     s->seq_known = true;
-    s->last_seq = seq;
+    s->first_seq = s->last_seq = seq;
     s->seq_window = 1;
     return false;
   }
@@ -761,14 +762,14 @@ bool Assembler::seen_before(Sender* s, uint64_t seq, const timespec& when) {
     return false;
   }
   uint64_t back = s->last_seq - seq;
-  if (back < 64) {  // a duplicate, or a late record filling a gap
+  if (back < 64 && seq >= s->first_seq) {  // a duplicate, or a late record filling a gap
     if (s->seq_window >> back & 1) return true;
     s->seq_window |= uint64_t(1) << back;
     return false;
   }
   notice_sender(when, s, "sequence restarted at seq %llu after seq %llu: sender rebooted?",
                 (unsigned long long)seq, (unsigned long long)s->last_seq);
-  s->last_seq = seq;
+  s->first_seq = s->last_seq = seq;
   s->seq_window = 1;
   s->msgid_known = false;
   return false;

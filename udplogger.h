@@ -170,6 +170,7 @@ struct Sender {
   timespec partial_time;       // arrival of its first byte
   // Extended netconsole: what was seen of this sender's records.
   bool seq_known, msgid_known;
+  uint64_t first_seq;          // lowest SEQ since it (re)started
   uint64_t last_seq;           // highest SEQ seen
   uint64_t seq_window;         // bit i: record last_seq - i was seen
   uint64_t last_msgid;

@@ -3,6 +3,9 @@
 #include <arpa/inet.h>
 #include <doctest.h>
 #include <stdlib.h>
+#include <string.h>
+
+#include <algorithm>
 
 #include <map>
 #include <string>
@@ -146,4 +149,250 @@ TEST_CASE("netconsole: every capture decodes to the kernel's own text (core)") {
       CHECK(st.reassembled >= 4);
     }
   }
+}
+
+// ------------------------------------------------------ crafted datagrams
+
+namespace {
+
+std::string frag(uint64_t seq, unsigned off, unsigned total, const std::string& payload,
+                 const std::string& release = "") {
+  return release + (release.empty() ? "" : ",") + "14," + std::to_string(seq) +
+         ",5000000,-,ncfrag=" + std::to_string(off) + "/" + std::to_string(total) + ";" + payload;
+}
+
+std::string rec(uint64_t seq, const std::string& body, const std::string& release = "") {
+  return release + (release.empty() ? "" : ",") + "6," + std::to_string(seq) + ",1234567,-;" +
+         body + "\n";
+}
+
+size_t count_of(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t p = text.find(what); p != std::string::npos; p = text.find(what, p + 1)) n++;
+  return n;
+}
+
+// A record of n escaped bytes cut into fragments of `size`.
+std::vector<std::string> fragments_of(uint64_t seq, const std::string& text, size_t size) {
+  std::vector<std::string> out;
+  for (size_t off = 0; off < text.size(); off += size)
+    out.push_back(frag(seq, unsigned(off), unsigned(text.size()), text.substr(off, size)));
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("ext header: what is and what is not a header") {
+  ul::ExtHeader h;
+  std::string d = "6.12.117+deb12-cloud-amd64,12,374,6370715,-,ncfrag=969/1970;body";
+  REQUIRE(ul::parse_ext_header(d.data(), d.size(), &h));
+  CHECK(std::string(h.release, h.release_len) == "6.12.117+deb12-cloud-amd64");
+  CHECK(h.pri == 12);
+  CHECK(h.seq == 374);
+  CHECK(h.usec == 6370715);
+  CHECK(h.flag == '-');
+  CHECK(h.fragment);
+  CHECK(h.frag_off == 969);
+  CHECK(h.frag_total == 1970);
+  CHECK(d.substr(h.body) == "body");
+  d = "4,1242,6020383,c;Sched Debug";
+  REQUIRE(ul::parse_ext_header(d.data(), d.size(), &h));
+  CHECK(h.flag == 'c');
+  CHECK(!h.fragment);
+  CHECK(h.release_len == 0);
+  d = "14,1,2,-,caller=T1;x\n";  // unknown fields are skipped
+  CHECK(ul::parse_ext_header(d.data(), d.size(), &h));
+  for (const char* bad : {"[    5.171775] 12,34,567,-;text", "12,34,567;x", "12,34,567,x;x",
+                          "1024,1,1,-;x", "12,34,,-;x", "a b,12,34,567,-;x", ",12,34,567,-;x",
+                          "12,34,567,-,ncfrag=1;x", "12,34,567,-", "",
+                          "99999999999999999999999,1,1,-;x", "1,99999999999999999999999,1,-;x"})
+    CHECK_MESSAGE(!ul::parse_ext_header(bad, strlen(bad), &h), bad);
+}
+
+TEST_CASE("ext: kernel escapes decoded once; control bytes escaped again") {
+  std::string log = replay({rec(1, "a\\x5cx41 \\x09tab \\x1b[31m \\xe2\\x9c\\x93 \\x7f \\xzz \\x4")});
+  CHECK(log == "2026-11-22 03:00:00 127.0.0.1:6665 <6>[    1.234567] a\\x41 \ttab \\x1b[31m \xe2\x9c\x93 \\x7f \\xzz \\x4\n");
+  char out[16];
+  CHECK(std::string(out, ul::kernel_unescape("\\x41\\x4", 7, out)) == "A\\x4");
+}
+
+TEST_CASE("ext: embedded newlines split a record; dictionary lines follow") {
+  std::string log = replay({rec(1, "one\\x0atwo") + " SUBSYSTEM=net\n DEVICE=n2\n"});
+  CHECK(log ==
+        "2026-11-22 03:00:00 127.0.0.1:6665 <6>[    1.234567] one\n"
+        "2026-11-22 03:00:00 127.0.0.1:6665 <6>[    1.234567] two\n"
+        "2026-11-22 03:00:00 127.0.0.1:6665  SUBSYSTEM=net\n"
+        "2026-11-22 03:00:00 127.0.0.1:6665  DEVICE=n2\n");
+}
+
+TEST_CASE("ext: fragments out of order and duplicated reassemble once") {
+  std::string body = "nct:LONG " + std::string(2000, 'x') + "\\xe6\\x97\\xa5 end\n SUBSYSTEM=x\n";
+  auto f = fragments_of(7, body, 701);  // cuts inside the escapes
+  REQUIRE(f.size() == 3);
+  ul::Stats st;
+  std::string log = replay({f[2], f[0], f[2], f[1], f[0]}, ul::Options(), &st);
+  CHECK(count_of(log, "<14>[    5.000000] nct:LONG " + std::string(2000, 'x') + "\xe6\x97\xa5 end\n") == 1);
+  CHECK(count_of(log, "127.0.0.1:6665  SUBSYSTEM=x\n") == 1);
+  CHECK(st.reassembled == 1);
+  CHECK(st.records == 1);
+  CHECK(st.duplicates == 1);
+  CHECK(count_of(log, "late or duplicate fragment of seq 7") == 1);
+  CHECK(st.incomplete == 0);
+}
+
+TEST_CASE("ext: a record with fragments missing is written with marks after timeout") {
+  std::string body = std::string(900, 'a') + std::string(900, 'b') + std::string(900, 'c') + "\n";
+  auto f = fragments_of(3, body, 900);
+  ul::Options o;
+  o.timeout = 5;
+  setenv("TZ", "UTC", 1);
+  tzset();
+  Capture cap;
+  ul::Output out;
+  ul::Assembler a;
+  REQUIRE(out.init(65536, Capture::flush, &cap));
+  REQUIRE(a.init(o, &out));
+  a.datagram(localhost(), 6665, f[0].data(), f[0].size(), timespec{T0, 0});
+  a.datagram(localhost(), 6665, f[3].data(), f[3].size(), timespec{T0, 0});
+  CHECK(a.next_deadline().tv_sec == T0 + 5);
+  a.expire(timespec{T0 + 4, 0});
+  out.flush();
+  CHECK(cap.text == "");
+  a.expire(timespec{T0 + 5, 0});
+  out.flush();
+  CHECK(cap.text ==
+        "2026-11-22 03:00:05 udplogger: 127.0.0.1:6665: record seq 3 incomplete after timeout=: "
+        "1800 of 2701 bytes missing\n"
+        "2026-11-22 03:00:00 127.0.0.1:6665 <14>[    5.000000] " + std::string(900, 'a') +
+        "[... 1800 bytes missing ...]\n");
+  CHECK(a.stats().incomplete == 1);
+  CHECK(a.next_deadline().tv_sec == 0);
+}
+
+TEST_CASE("ext: bogus ncfrag values are written as text with a notice") {
+  ul::Stats st;
+  std::string log = replay({frag(1, 20, 10, "offset past total"), frag(2, 0, 0, "total zero"),
+                            frag(3, 0, 100000000, "total huge"), frag(4, 5, 10, "too long for it"),
+                            frag(5, 0, 100, "a"), frag(5, 50, 200, "total changed")},
+                           ul::Options(), &st);
+  CHECK(st.malformed == 5);
+  CHECK(count_of(log, "malformed fragment (seq 1, ncfrag=20/10, 17 bytes): written as text") == 1);
+  CHECK(count_of(log, "127.0.0.1:6665 14,1,5000000,-,ncfrag=20/10;offset past total\n") == 1);
+  CHECK(count_of(log, "ncfrag=0/0;total zero\n") == 1);
+  CHECK(count_of(log, "ncfrag=0/100000000;total huge\n") == 1);
+  CHECK(count_of(log, "ncfrag=5/10;too long for it\n") == 1);
+  CHECK(count_of(log, "fragment of seq 5 says 200 bytes in all, earlier ones 100") == 1);
+  CHECK(count_of(log, "ncfrag=50/200;total changed\n") == 1);
+  // seq 5's first fragment is written, incomplete, at exit.
+  CHECK(count_of(log, "record seq 5 incomplete at exit: 99 of 100 bytes missing") == 1);
+}
+
+TEST_CASE("ext: a 64 KiB garbage datagram with a valid header") {
+  std::string junk = "12,1,1,-;";
+  for (int i = 0; junk.size() < 65507; i++) junk += char(i * 7 % 256);
+  ul::Options o;
+  o.wbuf = 4096;
+  ul::Stats st;
+  std::string log = replay({junk, junk.substr(0, 40000), rec(2, "after")}, o, &st);
+  CHECK(count_of(log, "<6>[    1.234567] after\n") == 1);
+  CHECK(st.records == 2);
+  CHECK(st.duplicates == 1);
+  // Every line is short and holds no raw control bytes.
+  size_t i = 0, longest = 0;
+  while (i < log.size()) {
+    size_t e = log.find('\n', i);
+    longest = std::max(longest, e - i);
+    for (size_t j = i; j < e; j++) CHECK_FALSE(ul::needs_escape((unsigned char)log[j]));
+    i = e + 1;
+  }
+  CHECK(longest < 4096 * 4 + 100);
+}
+
+TEST_CASE("ext: SEQ gaps, late records, duplicates and restarts") {
+  ul::Stats st;
+  std::string log = replay({rec(10, "ten"), rec(11, "eleven"), rec(15, "fifteen"), rec(13, "late"),
+                            rec(13, "dup"), rec(16, "sixteen"), rec(0, "rebooted"), rec(1, "one")},
+                           ul::Options(), &st);
+  size_t gap = log.find("udplogger: 127.0.0.1:6665: 3 records not received: seq 12..14; "
+                        "lost on the way or filtered by the sender's console loglevel\n");
+  REQUIRE(gap != std::string::npos);
+  CHECK(gap < log.find("fifteen"));
+  CHECK(log.find("late\n") > log.find("fifteen"));  // written on arrival
+  CHECK(count_of(log, "dup") == 0);
+  CHECK(count_of(log, "sequence restarted at seq 0 after seq 16: sender rebooted?") == 1);
+  CHECK(count_of(log, "not received") == 1);
+  CHECK(st.missing == 3);
+  CHECK(st.duplicates == 1);
+  CHECK(st.records == 8 - 1);
+}
+
+TEST_CASE("ext: msgid gaps are losses in transit") {
+  ul::Stats st;
+  std::string log = replay({rec(1, "a") + " msgid=100\n", rec(2, "b") + " msgid=101\n",
+                            rec(9, "c") + " msgid=104\n"},
+                           ul::Options(), &st);
+  CHECK(count_of(log, "2 records lost in transit: msgid 102..103") == 1);
+  CHECK(count_of(log, "6 records not received: seq 3..8; filtered by the sender's console loglevel") == 1);
+  CHECK(st.lost_in_transit == 2);
+}
+
+TEST_CASE("ext: the kernel release is a notice when first seen and when it changes") {
+  std::string log = replay({rec(1, "a", "6.1.0-56-cloud-amd64"), rec(2, "b", "6.1.0-56-cloud-amd64"),
+                            frag(3, 0, 2, "c\n", "6.1.0-56-cloud-amd64"), rec(1, "d", "6.12.117+deb12")});
+  CHECK(count_of(log, "udplogger: 127.0.0.1:6665: kernel release 6.1.0-56-cloud-amd64\n") == 1);
+  CHECK(count_of(log, "kernel release changed from 6.1.0-56-cloud-amd64 to 6.12.117+deb12\n") == 1);
+  CHECK(count_of(log, "6.1.0") == 2);  // not repeated on the lines
+  CHECK(count_of(log, "] a\n") + count_of(log, "] b\n") + count_of(log, "] c\n") +
+            count_of(log, "] d\n") == 4);
+}
+
+TEST_CASE("ext: a header inside a line is text; a sender may switch modes") {
+  std::string log = replay({"[    5.1] SEMI key ", "12,34,567,-;not-a-header\n", rec(1, "now extended"),
+                            "[    1.0] legacy again after reboot\n"});
+  CHECK(log ==
+        "2026-11-22 03:00:00 127.0.0.1:6665 [    5.1] SEMI key 12,34,567,-;not-a-header\n"
+        "2026-11-22 03:00:00 127.0.0.1:6665 <6>[    1.234567] now extended\n"
+        "2026-11-22 03:00:00 127.0.0.1:6665 [    1.0] legacy again after reboot\n");
+}
+
+TEST_CASE("ext: ext=raw writes extended datagrams as udplogger 1.1 did") {
+  ul::Options o;
+  o.ext = ul::Ext::raw;
+  std::string log = replay({rec(1, "x\\x09y")}, o);
+  CHECK(log == "2026-11-22 03:00:00 127.0.0.1:6665 6,1,1234567,-;x\\x09y\n");
+}
+
+TEST_CASE("ext: reassembly memory is bounded: per sender and in all") {
+  ul::Options o;
+  o.frags = 4;
+  ul::Stats st;
+  std::vector<std::string> d;
+  for (int seq = 1; seq <= 6; seq++) d.push_back(frag(uint64_t(seq), 0, 10, "part"));
+  std::string log = replay(d, o, &st);
+  CHECK(count_of(log, "with 4 newer records of its sender in reassembly") == 2);
+  CHECK(count_of(log, "incomplete at exit") == 4);
+  CHECK(count_of(log, "part[... 6 bytes missing ...]\n") == 6);
+  CHECK(st.incomplete == 6);
+}
+
+TEST_CASE("notices: kernel drops and statistics") {
+  setenv("TZ", "UTC", 1);
+  tzset();
+  Capture cap;
+  ul::Output out;
+  ul::Assembler a;
+  REQUIRE(out.init(65536, Capture::flush, &cap));
+  REQUIRE(a.init(ul::Options(), &out));
+  a.kernel_drops(0, timespec{T0, 0});
+  a.kernel_drops(17, timespec{T0, 0});
+  a.kernel_drops(17, timespec{T0, 0});
+  a.kernel_drops(20, timespec{T0, 0});
+  out.flush();
+  CHECK(cap.text ==
+        "2026-11-22 03:00:00 udplogger: 17 datagrams dropped by the kernel: receive buffer full (rbuf=8388608)\n"
+        "2026-11-22 03:00:00 udplogger: 3 datagrams dropped by the kernel: receive buffer full (rbuf=8388608)\n");
+  char line[512];
+  a.format_stats(line, sizeof line);
+  CHECK(std::string(line).find("statistics: datagrams=0 ") == 0);
+  CHECK(std::string(line).find(" kernel_drops=20 ") != std::string::npos);
 }

@@ -8,6 +8,8 @@
 #include <algorithm>
 
 #include <map>
+#include <memory>
+#include <signal.h>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -395,4 +397,94 @@ TEST_CASE("notices: kernel drops and statistics") {
   a.format_stats(line, sizeof line);
   CHECK(std::string(line).find("statistics: datagrams=0 ") == 0);
   CHECK(std::string(line).find(" kernel_drops=20 ") != std::string::npos);
+}
+
+// ------------------------------------------------------------ the daemon
+
+TEST_CASE("daemon: every capture replayed over loopback reads as the kernel logged it") {
+  Daemon d;
+  REQUIRE(d.running());
+  std::map<std::string, std::unique_ptr<Sender>> senders;
+  for (const std::string set : kCaptureSets) {
+    senders[set].reset(new Sender());
+    for (const std::string& dg : load_dump(set)) senders[set]->send(d.port_, dg);
+  }
+  // Each capture ends with its END record; then stop to write what is left.
+  REQUIRE(wait_for([&] { return count_of(d.log(), ":END\n") == 7; }));
+  REQUIRE(d.stop() == 0);
+  std::string log = d.log();
+  for (const std::string set : kCaptureSets) {
+    CAPTURE(set);
+    CHECK(check_capture(set, log, "127.0.0.1:" + std::to_string(senders[set]->port())) > 900);
+  }
+  CHECK(log.find(": record seq ") == std::string::npos);
+  CHECK(log.find("not received") == std::string::npos);
+  CHECK(log.find("malformed fragment") == std::string::npos);
+  CHECK(log.find("dropped by the kernel") == std::string::npos);
+  CHECK(count_of(log, "kernel release 6.12.117+deb12-cloud-amd64\n") == 2);
+}
+
+TEST_CASE("daemon: fragments lost on the way give a marked record and a notice") {
+  Daemon d({"timeout=5"});
+  REQUIRE(d.running());
+  Sender s;
+  auto f = fragments_of(42, std::string(1000, 'x') + std::string(1000, 'y') + "tail\n", 1000);
+  s.send(d.port_, f[2]);
+  s.send(d.port_, f[0]);
+  REQUIRE(d.wait_log("bytes missing ...]", 9));
+  std::string log = d.log();
+  CHECK(count_of(log, "udplogger: 127.0.0.1:" + std::to_string(s.port()) +
+                          ": record seq 42 incomplete after timeout=: 1000 of 2005 bytes missing\n") == 1);
+  CHECK(count_of(log, std::string(1000, 'x') + "[... 1000 bytes missing ...]tail\n") == 1);
+}
+
+TEST_CASE("daemon: datagrams the kernel dropped are counted in the log") {
+  Daemon d({"rbuf=65536"});
+  REQUIRE(d.running());
+  Sender s;
+  d.signal(SIGSTOP);
+  const int sent = 3000;
+  for (int i = 0; i < sent; i++)
+    s.send(d.port_, "drop-test " + std::to_string(i) + " " + std::string(150, '.') + "\n");
+  d.signal(SIGCONT);
+  // Once the backlog is read, one more datagram carries the final count.
+  REQUIRE(wait_for([&] {
+    static size_t last = 0;
+    size_t n = count_of(d.log(), "drop-test ");
+    bool still = n == last && n > 0;
+    last = n;
+    return still;
+  }, 10));
+  s.send(d.port_, "after the flood\n");
+  REQUIRE(d.wait_log("after the flood\n"));
+  REQUIRE(d.stop() == 0);
+  std::string log = d.log();
+  size_t received = count_of(log, "drop-test ");
+  size_t dropped = 0;
+  for (size_t p = log.find(" datagrams dropped by the kernel"); p != std::string::npos;
+       p = log.find(" datagrams dropped by the kernel", p + 1)) {
+    size_t b = log.rfind("udplogger: ", p) + 11;
+    dropped += std::stoul(log.substr(b, p - b));
+  }
+  MESSAGE("sent " << sent << ", received " << received << ", kernel dropped " << dropped);
+  CHECK(dropped > 0);
+  CHECK(received + dropped == size_t(sent));
+  CHECK(log.find("receive buffer full (rbuf=65536)") != std::string::npos);
+  CHECK(d.err().find("kernel_drops=" + std::to_string(dropped) + " ") != std::string::npos);
+}
+
+TEST_CASE("daemon: SIGUSR1 writes statistics into the log and on stderr") {
+  Daemon d;
+  REQUIRE(d.running());
+  Sender s;
+  s.send(d.port_, "plain line\n");
+  s.send(d.port_, rec(5, "a record"));
+  REQUIRE(d.wait_log("a record\n"));
+  d.signal(SIGUSR1);
+  REQUIRE(d.wait_log("udplogger: statistics: "));
+  CHECK(d.log().find("udplogger: statistics: datagrams=2 bytes=") != std::string::npos);
+  CHECK(d.log().find(" lines=2 records=1 ") != std::string::npos);
+  REQUIRE(wait_for([&] { return d.err().find("udplogger: statistics: datagrams=2") != std::string::npos; }));
+  CHECK(d.stop() == 0);
+  CHECK(count_of(d.log(), "udplogger: statistics:") == 2);  // and once more on exit
 }

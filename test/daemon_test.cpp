@@ -220,13 +220,13 @@ TEST_CASE("daemon: timestamps are the kernel's arrival time, not the loop's") {
   Sender s;
   // Send early in a second while the daemon is stopped; it reads the
   // datagram two seconds later but must stamp the second it arrived.
-  REQUIRE(wait_for([] {
-    timespec ts;
+  timespec ts;
+  REQUIRE(wait_for([&] {
     clock_gettime(CLOCK_REALTIME, &ts);
-    return ts.tv_nsec < 300000000;
+    return ts.tv_nsec > 100000000 && ts.tv_nsec < 300000000;
   }));
   d.signal(SIGSTOP);
-  time_t sent = time(nullptr);
+  time_t sent = ts.tv_sec;
   s.send(d.port_, "stamped\n");
   usleep(2200000);
   d.signal(SIGCONT);

@@ -332,11 +332,34 @@ bool timespec_le(const timespec& a, const timespec& b) {
   return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec <= b.tv_nsec);
 }
 
-bool any_escape(const char* p, size_t len) {
-  for (size_t i = 0; i < len; i++)
-    if (needs_escape(static_cast<unsigned char>(p[i]))) return true;
-  return false;
+// True when one of the 8 bytes in x is a control byte or DEL (the classic
+// "has a byte less than n" and "has a zero byte" tricks); TAB counts too,
+// so a hit is checked byte by byte.
+inline bool word_may_need_escape(uint64_t x) {
+  const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+  uint64_t del = x ^ (ones * 0x7f);
+  return (((x - ones * 0x20) & ~x) | ((del - ones) & ~del)) & highs;
 }
+
+// The first byte from p that needs escaping (a newline is one), or end.
+// Lines are scanned 8 bytes at a time: this is the loop every byte of
+// plain text goes through.
+const char* find_control(const char* p, const char* end) {
+  for (;;) {
+    while (end - p >= 8) {
+      uint64_t x;
+      memcpy(&x, p, 8);
+      if (word_may_need_escape(x)) break;
+      p += 8;
+    }
+    const char* stop = end - p >= 8 ? p + 8 : end;
+    for (; p < stop; p++)
+      if (needs_escape(static_cast<unsigned char>(*p))) return p;
+    if (p == end) return end;
+  }
+}
+
+bool any_escape(const char* p, size_t len) { return find_control(p, p + len) != p + len; }
 
 }  // namespace
 
@@ -432,9 +455,10 @@ Sender* Assembler::lookup(const in6_addr& addr, uint16_t port,
   Sender* s = take_slot(when);
   s->addr = addr;
   s->port = port;
-  size_t n = format_sender(addr, port, s->name);
-  s->name[n] = ' ';
+  size_t n = format_sender(addr, port, s->prefix + 20);
+  s->prefix[20 + n] = ' ';
   s->name_len = uint8_t(n + 1);
+  s->prefix_sec = -1;
   s->partial_len = 0;
   s->in_use = true;
   s->seq_known = s->msgid_known = false;
@@ -449,15 +473,18 @@ Sender* Assembler::lookup(const in6_addr& addr, uint16_t port,
 // Writes one log line: prefix, then a (copied) and b (referenced in place,
 // followed by its newline when newline_in_b), then a newline if needed.
 void Assembler::write_line(Sender* s, time_t sec, const char* a, size_t alen,
-                           const char* b, size_t blen, bool newline_in_b) {
-  out_->copy(stamps_.get(sec), 20);
-  out_->copy(s->name, s->name_len);
+                           const char* b, size_t blen, bool newline_in_b, bool b_clean) {
+  if (s->prefix_sec != sec) {
+    memcpy(s->prefix, stamps_.get(sec), 20);
+    s->prefix_sec = sec;
+  }
+  out_->copy(s->prefix, 20 + s->name_len);
   bool escape = opts_.escape == Escape::hex;
   if (alen > 0) {
     if (escape) out_->copy_escaped(a, alen);
     else out_->copy(a, alen);
   }
-  if (escape && any_escape(b, blen)) {
+  if (escape && !b_clean && any_escape(b, blen)) {
     out_->copy_escaped(b, blen);
     out_->copy("\n", 1);
   } else if (newline_in_b) {
@@ -529,7 +556,11 @@ void Assembler::text(Sender* s, const char* data, size_t len, const timespec& wh
   const char* p = data;
   const char* end = data + len;
   while (p < end) {
-    const char* nl = static_cast<const char*>(memchr(p, '\n', size_t(end - p)));
+    // One pass finds the newline, or first the byte that needs escaping.
+    const char* c = find_control(p, end);
+    bool clean = c == end || *c == '\n';
+    const char* nl = c == end ? nullptr : *c == '\n' ? c
+        : static_cast<const char*>(memchr(c, '\n', size_t(end - c)));
     size_t seg = size_t((nl ? nl : end) - p);  // bytes before the newline
     if (s->partial_len > 0) {
       size_t room = wbuf - s->partial_len;
@@ -544,10 +575,10 @@ void Assembler::text(Sender* s, const char* data, size_t len, const timespec& wh
         p = end;
       }
     } else if (seg > wbuf) {
-      write_line(s, when.tv_sec, nullptr, 0, p, wbuf, false);
+      write_line(s, when.tv_sec, nullptr, 0, p, wbuf, false, clean);
       p += wbuf;
     } else if (nl) {
-      write_line(s, when.tv_sec, nullptr, 0, p, seg, true);
+      write_line(s, when.tv_sec, nullptr, 0, p, seg, true, clean);
       p = nl + 1;
     } else {
       keep_partial(s, p, seg, when);
@@ -695,7 +726,7 @@ void Assembler::notice_sender(const timespec& now, Sender* s, const char* fmt, .
   va_start(ap, fmt);
   vsnprintf(text, sizeof text, fmt, ap);
   va_end(ap);
-  notice(now, "%.*s: %s", int(s->name_len - 1), s->name, text);
+  notice(now, "%.*s: %s", int(s->name_len - 1), s->name(), text);
 }
 
 void Assembler::kernel_drops(uint32_t total, const timespec& now) {
@@ -960,7 +991,7 @@ void Assembler::drop_inflight(Sender* s, const timespec& now, const char* why) {
 void Assembler::rec_begin(Sender* s, unsigned pri, uint64_t usec, time_t sec) {
   RecordLine& l = rl_;
   memcpy(l.prefix, stamps_.get(sec), 20);
-  memcpy(l.prefix + 20, s->name, s->name_len);
+  memcpy(l.prefix + 20, s->name(), s->name_len);
   l.stamp_len = 20 + s->name_len;
   int n = snprintf(l.prefix + l.stamp_len, sizeof l.prefix - l.stamp_len, "<%u>[%5llu.%06llu] ",
                    pri, (unsigned long long)(usec / 1000000), (unsigned long long)(usec % 1000000));
@@ -1072,6 +1103,7 @@ constexpr int kBatch = 64;             // datagrams per recvmmsg
 constexpr size_t kSlotBytes = 65536;   // room for the largest UDP datagram
 constexpr int kBatchesPerWake = 64;    // then look at timers and signals
 constexpr size_t kArenaBytes = 256 * 1024;
+constexpr long kCoalesceNs = 1000000;  // 1 ms for a batch to gather, under load
 
 [[noreturn]] void die(const char* fmt, ...) {
   va_list ap;
@@ -1467,23 +1499,39 @@ int run(const Options& o) {
 
   print_startup(o, l, lf);
 
+  bool busy = false;  // the last wakeup found more than one datagram
   for (;;) {
     now = now_realtime();
     timespec due = {lf.next_switch, 0};
     timespec partial_due = assembler.next_deadline();
     if (partial_due.tv_sec != 0 && partial_due.tv_sec < due.tv_sec) due = partial_due;
+    int timeout = milliseconds_until(due, now);
+    if (busy) {
+      // Under load, waking for every datagram or two costs more than the
+      // datagrams themselves: let a batch gather first.  Arrival times are
+      // the kernel's, so no line's time changes.
+      timespec pause = {0, kCoalesceNs};
+      nanosleep(&pause, nullptr);
+      timeout = 0;
+    }
     epoll_event events[2];
-    int n = epoll_wait(ep, events, 2, milliseconds_until(due, now));
+    int n = epoll_wait(ep, events, 2, timeout);
+    busy = false;
     if (n < 0 && errno != EINTR) die("epoll_wait: %s", strerror(errno));
     now = now_realtime();
     if (now.tv_sec >= lf.next_switch) midnight_switch(&lf, &out, now.tv_sec);
     bool stop = false;
     for (int i = 0; i < n; i++) {
       if (events[i].data.fd == l.fd) {
+        int total = 0;
         for (int b = 0; b < kBatchesPerWake; b++) {
           int got = receive_batch(l.fd, ring, &assembler);
           out.flush();  // the ring is reused by the next batch
-          if (got < kBatch) break;
+          total += got;
+          if (got < kBatch) {
+            busy = total > 1;  // drained, and more than one was waiting
+            break;
+          }
         }
         continue;
       }

@@ -159,7 +159,11 @@ struct Sender {
   in6_addr addr;
   uint16_t port;
   uint8_t name_len;            // "IP:PORT " including the trailing space
-  char name[kSenderNameMax + 1];
+  time_t prefix_sec;           // the second prefix's stamp is for
+  // "YYYY-MM-DD hh:mm:ss IP:PORT ": the whole prefix of a line, kept so
+  // that a line costs one copy of it.
+  char prefix[20 + kSenderNameMax + 1];
+  const char* name() const { return prefix + 20; }
   int32_t hash_next;           // chain in the hash bucket
   int32_t lru_prev, lru_next;  // least recently heard first
   int32_t pend_prev, pend_next;  // senders holding a partial line, oldest first
@@ -247,7 +251,7 @@ class Assembler {
   void pend_unlink(Sender* s);
   void pend_append(Sender* s);
   void write_line(Sender* s, time_t sec, const char* a, size_t alen,
-                  const char* b, size_t blen, bool newline_in_b);
+                  const char* b, size_t blen, bool newline_in_b, bool b_clean = false);
   void write_partial(Sender* s, const char* rest, size_t rest_len,
                      bool newline_in_rest);
   void keep_partial(Sender* s, const char* p, size_t len,

@@ -311,3 +311,26 @@ TEST_CASE("output: flushes as the arena fills, nothing lost") {
   CHECK(c.text() == expect);
   CHECK(c.cap.flushes > 10);
 }
+
+TEST_CASE("assembly: the 8-byte scan finds every control byte, at every position") {
+  for (unsigned char ctl : {0x00, 0x01, 0x09, 0x0a, 0x1b, 0x1f, 0x7f}) {
+    for (size_t pos = 0; pos < 24; pos++) {
+      Core c;
+      std::string line(23, 'a');
+      line[pos % 23] = char(ctl);
+      line += "\xc3\xa9 \x80\xff";  // high bytes never count
+      c.feed("10.0.0.1", 1, line + "\n", T0);
+      std::string want;
+      if (ctl == '\n') {
+        want = "2026-11-22 03:00:00 10.0.0.1:1 " + line.substr(0, pos % 23) + "\n";
+        c.asm_.expire(at(T0 + 100), true);
+        want += "2026-11-22 03:00:00 10.0.0.1:1 " + line.substr(pos % 23 + 1) + "\n";
+      } else {
+        std::string esc(line.size() * 4, '\0');
+        esc.resize(ul::escape_text(line.data(), line.size(), &esc[0]));
+        want = "2026-11-22 03:00:00 10.0.0.1:1 " + esc + "\n";
+      }
+      CHECK_MESSAGE(c.text() == want, int(ctl) << " at " << pos);
+    }
+  }
+}

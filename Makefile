@@ -15,7 +15,7 @@ MANDIR ?= $(PREFIX)/share/man
 
 TEST_SOURCES = test/main.cpp test/core_test.cpp test/daemon_test.cpp test/netconsole_test.cpp test/helpers.cpp test/netconsole.cpp
 
-.PHONY: all check clean install
+.PHONY: all check bench clean install
 
 all: udplogger
 
@@ -34,9 +34,16 @@ check: udplogger test/run-tests
 	 awk -F'|' '/test cases:/ { gsub(/[^0-9]/, "", $$2); gsub(/[^0-9]/, "", $$3); p = $$2; f = $$3 } \
 	   END { if (p == "") { p = 0; f = 1 } print p " passed, " f " failed"; exit (f != 0) }' run-tests.log
 
+# The benchmark against a null receiver and the peers; see README.md.
+bench: udplogger test/bench/loadgen test/bench/nullrecv
+	bash test/bench/run.sh
+
+test/bench/loadgen test/bench/nullrecv: %: %.cpp
+	$(CXX) -std=c++17 -O2 $(WARNINGS) $(CXXFLAGS) -o $@ $<
+
 install: udplogger
 	install -D -m 0755 udplogger $(DESTDIR)$(SBINDIR)/udplogger
 	install -D -m 0644 man/udplogger.8 $(DESTDIR)$(MANDIR)/man8/udplogger.8
 
 clean:
-	rm -f udplogger test/run-tests test/*.o test/run-tests.log
+	rm -f udplogger test/run-tests test/*.o test/run-tests.log test/bench/loadgen test/bench/nullrecv

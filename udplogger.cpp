@@ -178,6 +178,37 @@ ParseStatus parse_options(int argc, char* const* argv, Options* o, char* err,
 
 // ====================================================== escaping, prefixes
 
+namespace {
+
+// True when one of the 8 bytes in x is a control byte or DEL (the classic
+// "has a byte less than n" and "has a zero byte" tricks); TAB counts too,
+// so a hit is checked byte by byte.
+inline bool word_may_need_escape(uint64_t x) {
+  const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+  uint64_t del = x ^ (ones * 0x7f);
+  return (((x - ones * 0x20) & ~x) | ((del - ones) & ~del)) & highs;
+}
+
+// The first byte from p that needs escaping (a newline is one), or end.
+// Lines are scanned 8 bytes at a time: this is the loop every byte of
+// plain text goes through.
+const char* find_control(const char* p, const char* end) {
+  for (;;) {
+    while (end - p >= 8) {
+      uint64_t x;
+      memcpy(&x, p, 8);
+      if (word_may_need_escape(x)) break;
+      p += 8;
+    }
+    const char* stop = end - p >= 8 ? p + 8 : end;
+    for (; p < stop; p++)
+      if (needs_escape(static_cast<unsigned char>(*p))) return p;
+    if (p == end) return end;
+  }
+}
+
+}  // namespace
+
 size_t escape_text(const char* src, size_t len, char* dst) {
   static const char hex[] = "0123456789abcdef";
   char* d = dst;
@@ -313,16 +344,17 @@ void Output::copy(const char* p, size_t len) {
   }
 }
 
+// Clean runs are copied whole; only the bytes that need it are escaped.
 void Output::copy_escaped(const char* p, size_t len) {
-  while (len > 0) {
-    size_t room;
-    char* d = reserve(len * 4, &room);
-    size_t n = room / 4 < len ? room / 4 : len;
-    size_t w = escape_text(p, n, d);
-    arena_used_ += w;
-    push(d, w);
-    p += n;
-    len -= n;
+  const char* end = p + len;
+  while (p < end) {
+    const char* c = find_control(p, end);
+    copy(p, size_t(c - p));
+    if (c == end) break;
+    char esc[4];
+    escape_text(c, 1, esc);
+    copy(esc, 4);
+    p = c + 1;
   }
 }
 
@@ -332,33 +364,6 @@ namespace {
 
 bool timespec_le(const timespec& a, const timespec& b) {
   return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec <= b.tv_nsec);
-}
-
-// True when one of the 8 bytes in x is a control byte or DEL (the classic
-// "has a byte less than n" and "has a zero byte" tricks); TAB counts too,
-// so a hit is checked byte by byte.
-inline bool word_may_need_escape(uint64_t x) {
-  const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
-  uint64_t del = x ^ (ones * 0x7f);
-  return (((x - ones * 0x20) & ~x) | ((del - ones) & ~del)) & highs;
-}
-
-// The first byte from p that needs escaping (a newline is one), or end.
-// Lines are scanned 8 bytes at a time: this is the loop every byte of
-// plain text goes through.
-const char* find_control(const char* p, const char* end) {
-  for (;;) {
-    while (end - p >= 8) {
-      uint64_t x;
-      memcpy(&x, p, 8);
-      if (word_may_need_escape(x)) break;
-      p += 8;
-    }
-    const char* stop = end - p >= 8 ? p + 8 : end;
-    for (; p < stop; p++)
-      if (needs_escape(static_cast<unsigned char>(*p))) return p;
-    if (p == end) return end;
-  }
 }
 
 bool any_escape(const char* p, size_t len) { return find_control(p, p + len) != p + len; }
@@ -667,6 +672,27 @@ bool parse_ext_fields(const char* p, const char* end, const char* start, ExtHead
   return true;
 }
 
+// Marks bytes [from, to) as received; returns how many were new.
+uint32_t mark_received(uint8_t* bits, uint32_t from, uint32_t to) {
+  uint32_t added = 0;
+  while (from < to && (from & 7)) {
+    uint8_t bit = uint8_t(1u << (from & 7));
+    added += !(bits[from >> 3] & bit);
+    bits[from >> 3] |= bit;
+    from++;
+  }
+  for (; from + 8 <= to; from += 8) {
+    added += 8 - unsigned(__builtin_popcount(bits[from >> 3]));
+    bits[from >> 3] = 0xff;
+  }
+  for (; from < to; from++) {
+    uint8_t bit = uint8_t(1u << (from & 7));
+    added += !(bits[from >> 3] & bit);
+    bits[from >> 3] |= bit;
+  }
+  return added;
+}
+
 int hex_value(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -880,13 +906,7 @@ void Assembler::fragment(Sender* s, const ExtHeader& h, const char* data, size_t
     return;
   }
   memcpy(r->data + h.frag_off, payload, n);
-  for (uint32_t i = h.frag_off; i < h.frag_off + n; i++) {
-    uint8_t bit = uint8_t(1u << (i & 7));
-    if (!(r->got[i >> 3] & bit)) {
-      r->got[i >> 3] |= bit;
-      r->have++;
-    }
-  }
+  r->have += mark_received(r->got, h.frag_off, h.frag_off + uint32_t(n));
   if (r->have == r->total) {
     stats_.reassembled++;
     finish(r, when, nullptr);
@@ -967,7 +987,8 @@ void Assembler::finish(Reassembly* r, const timespec& now, const char* why) {
     check_msgid(s, r->data, r->total, now);
   }
   rec_begin(s, r->pri, r->usec, r->first.tv_sec);
-  uint32_t i = 0;
+  uint32_t i = r->have == r->total ? r->total : 0;
+  if (i) rec_text(r->data, r->total);
   while (i < r->total) {
     bool have = r->got[i >> 3] >> (i & 7) & 1;
     uint32_t j = i;
@@ -1064,8 +1085,10 @@ void Assembler::rec_text(const char* p, size_t len) {
       }
       continue;
     }
-    const char* q = p;
-    while (q < end && *q != '\\' && *q != '\n') q++;
+    const char* q = static_cast<const char*>(memchr(p, '\\', size_t(end - p)));
+    if (!q) q = end;
+    const char* nl = static_cast<const char*>(memchr(p, '\n', size_t(q - p)));
+    if (nl) q = nl;
     if (q > p) {
       rec_put(p, size_t(q - p));
       p = q;

@@ -488,3 +488,14 @@ TEST_CASE("daemon: SIGUSR1 writes statistics into the log and on stderr") {
   CHECK(d.stop() == 0);
   CHECK(count_of(d.log(), "udplogger: statistics:") == 2);  // and once more on exit
 }
+
+TEST_CASE("ext: overlapping fragments at odd offsets count each byte once") {
+  std::string body = std::string(60, 'p') + std::string(39, 'q') + "\n";
+  ul::Stats st;
+  std::string log = replay({frag(9, 30, 100, body.substr(30, 41)), frag(9, 0, 100, body.substr(0, 37)),
+                            frag(9, 3, 100, body.substr(3, 5)), frag(9, 71, 100, body.substr(71))},
+                           ul::Options(), &st);
+  CHECK(count_of(log, "] " + body) == 1);
+  CHECK(st.reassembled == 1);
+  CHECK(st.incomplete == 0);
+}

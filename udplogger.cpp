@@ -298,7 +298,6 @@ void Output::flush() {
   if (iovcnt_ > 0) fn_(ctx_, iov_, iovcnt_);
   iovcnt_ = 0;
   arena_used_ = 0;
-  pending_ = 0;
 }
 
 // Returns arena space for up to `want` bytes (at least 4), flushing first
@@ -316,14 +315,12 @@ void Output::push(const char* p, size_t len) {
     iovec& last = iov_[iovcnt_ - 1];
     if (static_cast<char*>(last.iov_base) + last.iov_len == p) {
       last.iov_len += len;
-      pending_ += len;
       return;
     }
   }
   iov_[iovcnt_].iov_base = const_cast<char*>(p);
   iov_[iovcnt_].iov_len = len;
   iovcnt_++;
-  pending_ += len;
 }
 
 void Output::ref(const char* p, size_t len) {
@@ -467,7 +464,6 @@ Sender* Assembler::lookup(const in6_addr& addr, uint16_t port,
   s->name_len = uint8_t(n + 1);
   s->prefix_sec = -1;
   s->partial_len = 0;
-  s->in_use = true;
   s->seq_known = s->msgid_known = false;
   s->release_len = 0;
   for (int32_t& r : s->inflight) r = -1;

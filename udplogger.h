@@ -118,7 +118,6 @@ class Output {
   void copy(const char* p, size_t len);
   void copy_escaped(const char* p, size_t len);
   void flush();
-  size_t pending_bytes() const { return pending_; }
 
  private:
   char* reserve(size_t want, size_t* got);
@@ -130,7 +129,6 @@ class Output {
   char* arena_ = nullptr;
   size_t arena_cap_ = 0;
   size_t arena_used_ = 0;
-  size_t pending_ = 0;
   FlushFn fn_ = nullptr;
   void* ctx_ = nullptr;
 };
@@ -167,7 +165,6 @@ struct Sender {
   int32_t hash_next;           // chain in the hash bucket
   int32_t lru_prev, lru_next;  // least recently heard first
   int32_t pend_prev, pend_next;  // senders holding a partial line, oldest first
-  bool in_use;
   // The partial line: bytes received without their newline yet.
   char* partial;
   uint32_t partial_len, partial_cap;

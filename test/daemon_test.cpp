@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <memory>
 #include <regex>
 #include <string>
 
@@ -426,4 +427,43 @@ TEST_CASE("binary: links libc alone") {
   REQUIRE(stat(stripped.c_str(), &st) == 0);
   MESSAGE("stripped binary: " << st.st_size << " bytes");
   CHECK(st.st_size < 64 * 1024);
+}
+
+TEST_CASE("daemon: memory is bounded by options, not by traffic or senders") {
+  Daemon d({"clients=1024"});
+  REQUIRE(d.running());
+  // 1000 senders (each its own 127.0.x.y) holding a 100-byte partial line.
+  auto send_partials = [&](int from, int to) {
+    for (int i = from; i < to; i++) {
+      std::string ip = "127.1." + std::to_string(i / 250) + "." + std::to_string(1 + i % 250);
+      Sender s(ip.c_str());
+      s.send(d.port_, "partial " + std::string(92, 'p'));
+    }
+  };
+  send_partials(0, 1000);
+  d.signal(SIGUSR1);
+  REQUIRE(d.wait_log("senders=1000 "));
+  long hwm1000 = std::stol(status_field(d.pid_, "VmHWM"));
+  MESSAGE("VmHWM with 1000 partial lines: " << hwm1000 << " kB");
+  CHECK(hwm1000 <= 4096);
+  // 4000 more senders push the older ones out of the 1024 slots.
+  send_partials(1000, 5000);
+  d.signal(SIGUSR1);
+  REQUIRE(d.wait_log("reused=3976"));
+  long hwm5000 = std::stol(status_field(d.pid_, "VmHWM"));
+  MESSAGE("VmHWM after 5000 senders: " << hwm5000 << " kB");
+  CHECK(hwm5000 <= hwm1000 + 256);
+  // Known senders sending: no new memory at all.
+  std::vector<std::unique_ptr<Sender>> known;
+  for (int i = 0; i < 16; i++) known.emplace_back(new Sender());
+  for (int round = 0; round < 2; round++) {
+    long data_before = std::stol(status_field(d.pid_, "VmData"));
+    for (int i = 0; i < 20000; i++)
+      known[size_t(i % 16)]->send(d.port_, "line " + std::to_string(round) + "-" + std::to_string(i) +
+                                               " " + std::string(80, 'x') + "\n");
+    REQUIRE(d.wait_log("line " + std::to_string(round) + "-19999 "));
+    if (round == 1) CHECK(std::stol(status_field(d.pid_, "VmData")) == data_before);
+  }
+  CHECK(d.stop() == 0);
+  CHECK(count(d.log(), " partial " + std::string(92, 'p') + "\n") == 5000);
 }

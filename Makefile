@@ -25,7 +25,7 @@ udplogger: udplogger.cpp udplogger.h
 test/udplogger-core.o: udplogger.cpp udplogger.h
 	$(CXX) $(CPPFLAGS) $(TEST_FLAGS) $(CXXFLAGS) -DUDPLOGGER_NO_MAIN -c -o $@ udplogger.cpp
 
-test/run-tests: $(TEST_SOURCES) test/helpers.h test/netconsole.h test/udplogger-core.o udplogger.h
+test/run-tests: $(TEST_SOURCES) test/helpers.h test/netconsole.h test/core_harness.h test/udplogger-core.o udplogger.h
 	$(CXX) $(CPPFLAGS) $(TEST_FLAGS) $(CXXFLAGS) -o $@ $(TEST_SOURCES) test/udplogger-core.o $(LDFLAGS)
 
 # Runs every test; the last line is "N passed, N failed".

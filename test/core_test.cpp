@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "core_harness.h"
 #include "udplogger.h"
 
 using ul::Options;
@@ -21,52 +22,6 @@ ParseStatus parse(std::vector<const char*> args, Options* o, std::string* err = 
   if (err) *err = buf;
   return st;
 }
-
-// Collects what the core would write.
-struct Capture {
-  std::string text;
-  int flushes = 0;
-  static void flush(void* ctx, const iovec* iov, int n) {
-    auto* c = static_cast<Capture*>(ctx);
-    c->flushes++;
-    for (int i = 0; i < n; i++)
-      c->text.append(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
-  }
-};
-
-in6_addr v4(const char* ip) {
-  in6_addr a = {};
-  a.s6_addr[10] = a.s6_addr[11] = 0xff;
-  inet_pton(AF_INET, ip, &a.s6_addr[12]);
-  return a;
-}
-
-timespec at(time_t sec, long nsec = 0) { return timespec{sec, nsec}; }
-
-// A core fed by hand, in UTC.
-struct Core {
-  Options opts;
-  ul::Output out;
-  ul::Assembler asm_;
-  Capture cap;
-  explicit Core(Options o = Options()) : opts(o) {
-    setenv("TZ", "UTC", 1);
-    tzset();
-    REQUIRE(out.init(4096, Capture::flush, &cap));
-    REQUIRE(asm_.init(opts, &out));
-  }
-  void feed(const char* ip, uint16_t port, const std::string& data, time_t sec) {
-    asm_.datagram(v4(ip), port, data.data(), data.size(), at(sec));
-    out.flush();  // as the shell does: the datagram's bytes go away now
-  }
-  std::string text() {
-    out.flush();
-    return cap.text;
-  }
-};
-
-// 2026-11-22 03:00:00 UTC
-constexpr time_t T0 = 1795316400;
 
 }  // namespace
 

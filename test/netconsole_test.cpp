@@ -14,49 +14,22 @@
 #include <unordered_set>
 #include <vector>
 
+#include "core_harness.h"
 #include "helpers.h"
 #include "netconsole.h"
 #include "udplogger.h"
 
 namespace {
 
-struct Capture {
-  std::string text;
-  static void flush(void* ctx, const iovec* iov, int n) {
-    for (int i = 0; i < n; i++)
-      static_cast<Capture*>(ctx)->text.append(static_cast<const char*>(iov[i].iov_base),
-                                              iov[i].iov_len);
-  }
-};
-
-in6_addr localhost() {
-  in6_addr a = {};
-  a.s6_addr[10] = a.s6_addr[11] = 0xff;
-  inet_pton(AF_INET, "127.0.0.1", &a.s6_addr[12]);
-  return a;
-}
-
-constexpr time_t T0 = 1795316400;  // 2026-11-22 03:00:00 UTC
-
 // Feeds datagrams to a fresh core as from 127.0.0.1:6665; returns the log.
 std::string replay(const std::vector<std::string>& datagrams, ul::Options o = ul::Options(),
                    ul::Stats* stats = nullptr) {
-  setenv("TZ", "UTC", 1);
-  tzset();
-  Capture cap;
-  ul::Output out;
-  ul::Assembler a;
-  REQUIRE(out.init(65536, Capture::flush, &cap));
-  REQUIRE(a.init(o, &out));
+  Core c(o, 65536);
   long i = 0;
-  for (const std::string& d : datagrams) {
-    a.datagram(localhost(), 6665, d.data(), d.size(), timespec{T0, i++ * 1000});
-    out.flush();
-  }
-  a.expire(timespec{T0 + 1, 0}, true);
-  out.flush();
-  if (stats) *stats = a.stats();
-  return cap.text;
+  for (const std::string& d : datagrams) c.feed("127.0.0.1", 6665, d, at(T0, i++ * 1000));
+  c.asm_.expire(at(T0 + 1), true);
+  if (stats) *stats = c.asm_.stats();
+  return c.text();
 }
 
 // The lines of a log without their time stamps.
@@ -247,28 +220,20 @@ TEST_CASE("ext: a record with fragments missing is written with marks after time
   auto f = fragments_of(3, body, 900);
   ul::Options o;
   o.timeout = 5;
-  setenv("TZ", "UTC", 1);
-  tzset();
-  Capture cap;
-  ul::Output out;
-  ul::Assembler a;
-  REQUIRE(out.init(65536, Capture::flush, &cap));
-  REQUIRE(a.init(o, &out));
-  a.datagram(localhost(), 6665, f[0].data(), f[0].size(), timespec{T0, 0});
-  a.datagram(localhost(), 6665, f[3].data(), f[3].size(), timespec{T0, 0});
-  CHECK(a.next_deadline().tv_sec == T0 + 5);
-  a.expire(timespec{T0 + 4, 0});
-  out.flush();
-  CHECK(cap.text == "");
-  a.expire(timespec{T0 + 5, 0});
-  out.flush();
-  CHECK(cap.text ==
+  Core c(o, 65536);
+  c.feed("127.0.0.1", 6665, f[0], T0);
+  c.feed("127.0.0.1", 6665, f[3], T0);
+  CHECK(c.asm_.next_deadline().tv_sec == T0 + 5);
+  c.asm_.expire(at(T0 + 4));
+  CHECK(c.text() == "");
+  c.asm_.expire(at(T0 + 5));
+  CHECK(c.text() ==
         "2026-11-22 03:00:05 udplogger: 127.0.0.1:6665: record seq 3 incomplete after timeout=: "
         "1800 of 2701 bytes missing\n"
         "2026-11-22 03:00:00 127.0.0.1:6665 <14>[    5.000000] " + std::string(900, 'a') +
         "[... 1800 bytes missing ...]\n");
-  CHECK(a.stats().incomplete == 1);
-  CHECK(a.next_deadline().tv_sec == 0);
+  CHECK(c.asm_.stats().incomplete == 1);
+  CHECK(c.asm_.next_deadline().tv_sec == 0);
 }
 
 TEST_CASE("ext: bogus ncfrag values are written as text with a notice") {
@@ -378,23 +343,16 @@ TEST_CASE("ext: reassembly memory is bounded: per sender and in all") {
 }
 
 TEST_CASE("notices: kernel drops and statistics") {
-  setenv("TZ", "UTC", 1);
-  tzset();
-  Capture cap;
-  ul::Output out;
-  ul::Assembler a;
-  REQUIRE(out.init(65536, Capture::flush, &cap));
-  REQUIRE(a.init(ul::Options(), &out));
-  a.kernel_drops(0, timespec{T0, 0});
-  a.kernel_drops(17, timespec{T0, 0});
-  a.kernel_drops(17, timespec{T0, 0});
-  a.kernel_drops(20, timespec{T0, 0});
-  out.flush();
-  CHECK(cap.text ==
+  Core c(ul::Options(), 65536);
+  c.asm_.kernel_drops(0, at(T0));
+  c.asm_.kernel_drops(17, at(T0));
+  c.asm_.kernel_drops(17, at(T0));
+  c.asm_.kernel_drops(20, at(T0));
+  CHECK(c.text() ==
         "2026-11-22 03:00:00 udplogger: 17 datagrams dropped by the kernel: receive buffer full (rbuf=8388608)\n"
         "2026-11-22 03:00:00 udplogger: 3 datagrams dropped by the kernel: receive buffer full (rbuf=8388608)\n");
   char line[512];
-  a.format_stats(line, sizeof line);
+  c.asm_.format_stats(line, sizeof line);
   CHECK(std::string(line).find("statistics: datagrams=0 ") == 0);
   CHECK(std::string(line).find(" kernel_drops=20 ") != std::string::npos);
 }

@@ -677,8 +677,10 @@ uint32_t mark_received(uint8_t* bits, uint32_t from, uint32_t to) {
     bits[from >> 3] |= bit;
     from++;
   }
-  for (; from + 8 <= to; from += 8) {
-    added += 8 - unsigned(__builtin_popcount(bits[from >> 3]));
+  for (; from + 8 <= to; from += 8) {  // whole bytes: usually all new
+    uint8_t b = bits[from >> 3];
+    for (; b; b &= uint8_t(b - 1)) added--;
+    added += 8;
     bits[from >> 3] = 0xff;
   }
   for (; from < to; from++) {
@@ -832,7 +834,10 @@ bool Assembler::seen_before(Sender* s, uint64_t seq, const timespec& when) {
 
 // msgid= (newer kernels) counts messages sent: a gap is a loss in transit.
 void Assembler::check_msgid(Sender* s, const char* text, size_t len, const timespec& when) {
-  const char* m = static_cast<const char*>(memmem(text, len, "\n msgid=", 8));
+  const char* dict = static_cast<const char*>(memchr(text, '\n', len));  // after the body
+  if (!dict) return;
+  const char* m = static_cast<const char*>(
+      memmem(dict, size_t(text + len - dict), "\n msgid=", 8));
   if (!m) return;
   const char* p = m + 8;
   uint64_t id;

@@ -1466,10 +1466,10 @@ void print_startup(const Options& o, const Listener& l, const LogFile& lf) {
 }
 
 // The statistics line, into the log and on stderr.
-void report_stats(Assembler& a, Output* out) {
+void report_stats(Assembler* a, Output* out) {
   char line[512];
-  a.format_stats(line, sizeof line);
-  a.notice(now_realtime(), "%s", line);
+  a->format_stats(line, sizeof line);
+  a->notice(now_realtime(), "%s", line);
   out->flush();
   warn("%s", line);
 }
@@ -1486,6 +1486,59 @@ void midnight_switch(LogFile* lf, Output* out, time_t now) {
     warn("cannot switch to log file %s/%s: %s; still writing %s", lf->dir, name, why, old);
     lf->next_switch = now + 60;  // try again in a minute
   }
+}
+
+// Waits for datagrams, signals, the next timeout or midnight.  Under load
+// (pause_ns > 0) it first pauses: waking for every datagram or two costs
+// more than the datagrams themselves, so a batch gathers.  Arrival times
+// are the kernel's, so no line's time changes.
+int wait_for_events(int ep, const LogFile& lf, const Assembler& a, long pause_ns,
+                    epoll_event* events) {
+  int timeout = 0;
+  if (pause_ns > 0) {
+    timespec pause = {0, pause_ns};
+    nanosleep(&pause, nullptr);
+  } else {
+    timespec due = {lf.next_switch, 0};
+    timespec partial_due = a.next_deadline();
+    if (partial_due.tv_sec != 0 && partial_due.tv_sec < due.tv_sec) due = partial_due;
+    timeout = milliseconds_until(due, now_realtime());
+  }
+  int n = epoll_wait(ep, events, 2, timeout);
+  if (n < 0 && errno != EINTR) die("epoll_wait: %s", strerror(errno));
+  return n < 0 ? 0 : n;
+}
+
+// Reads batches until the socket is empty (or a bound, to stay responsive);
+// returns true when more than one datagram was waiting: the loop is busy.
+bool drain_socket(int fd, Ring* ring, Assembler* a, Output* out) {
+  int total = 0;
+  for (int b = 0; b < kBatchesPerWake; b++) {
+    int got = receive_batch(fd, ring, a);
+    out->flush();  // the ring is reused by the next batch
+    total += got;
+    if (got < kBatch) return total > 1;
+  }
+  return false;  // not drained: look again at once
+}
+
+// Acts on the signals received; returns true for SIGTERM or SIGINT.
+bool handle_signals(int sigfd, LogFile* lf, Assembler* a, Output* out) {
+  bool stop = false;
+  signalfd_siginfo si;
+  while (read(sigfd, &si, sizeof si) == ssize_t(sizeof si)) {
+    if (si.ssi_signo == SIGHUP) {
+      out->flush();
+      char why[256];
+      if (!switch_log_file(lf, now_realtime().tv_sec, why, sizeof why))
+        warn("SIGHUP: cannot reopen log file: %s; still writing %s/%s", why, lf->dir, lf->name);
+    } else if (si.ssi_signo == SIGUSR1) {
+      report_stats(a, out);
+    } else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+      stop = true;
+    }
+  }
+  return stop;
 }
 
 int run(const Options& o) {
@@ -1524,66 +1577,27 @@ int run(const Options& o) {
   if (epoll_ctl(ep, EPOLL_CTL_ADD, sigfd, &ev) < 0) die("epoll: %s", strerror(errno));
 
   print_startup(o, l, lf);
+  epoll_event events[2];
 
   // The pause lets arrivals at ~100k datagrams/s (~1 KiB of buffer each)
   // fill at most a quarter of the receive buffer.
   const long coalesce_ns = std::min(kCoalesceMaxNs, long(l.rbuf_granted) / 400 * 1000);
   bool busy = false;  // the last wakeup found more than one datagram
   for (;;) {
-    now = now_realtime();
-    timespec due = {lf.next_switch, 0};
-    timespec partial_due = assembler.next_deadline();
-    if (partial_due.tv_sec != 0 && partial_due.tv_sec < due.tv_sec) due = partial_due;
-    int timeout = milliseconds_until(due, now);
-    if (busy) {
-      // Under load, waking for every datagram or two costs more than the
-      // datagrams themselves: let a batch gather first.  Arrival times are
-      // the kernel's, so no line's time changes.
-      timespec pause = {0, coalesce_ns};
-      nanosleep(&pause, nullptr);
-      timeout = 0;
-    }
-    epoll_event events[2];
-    int n = epoll_wait(ep, events, 2, timeout);
-    busy = false;
-    if (n < 0 && errno != EINTR) die("epoll_wait: %s", strerror(errno));
+    int n = wait_for_events(ep, lf, assembler, busy ? coalesce_ns : 0, events);
     now = now_realtime();
     if (now.tv_sec >= lf.next_switch) midnight_switch(&lf, &out, now.tv_sec);
     bool stop = false;
+    busy = false;
     for (int i = 0; i < n; i++) {
-      if (events[i].data.fd == l.fd) {
-        int total = 0;
-        for (int b = 0; b < kBatchesPerWake; b++) {
-          int got = receive_batch(l.fd, ring, &assembler);
-          out.flush();  // the ring is reused by the next batch
-          total += got;
-          if (got < kBatch) {
-            busy = total > 1;  // drained, and more than one was waiting
-            break;
-          }
-        }
-        continue;
-      }
-      signalfd_siginfo si;
-      while (read(sigfd, &si, sizeof si) == ssize_t(sizeof si)) {
-        if (si.ssi_signo == SIGHUP) {
-          out.flush();
-          if (!switch_log_file(&lf, now_realtime().tv_sec, why, sizeof why))
-            warn("SIGHUP: cannot reopen log file: %s; still writing %s/%s", why,
-                 lf.dir, lf.name);
-        } else if (si.ssi_signo == SIGUSR1) {
-          report_stats(assembler, &out);
-        } else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
-          stop = true;
-        }
-      }
+      if (events[i].data.fd == l.fd) busy = drain_socket(l.fd, ring, &assembler, &out);
+      else stop = handle_signals(sigfd, &lf, &assembler, &out);
     }
     now = now_realtime();
     if (stop) {  // take what is queued, write every partial line, leave
-      while (receive_batch(l.fd, ring, &assembler) > 0) out.flush();
+      drain_socket(l.fd, ring, &assembler, &out);
       assembler.expire(now, true);
-      report_stats(assembler, &out);
-      out.flush();
+      report_stats(&assembler, &out);
       return 0;
     }
     assembler.expire(now);

@@ -396,6 +396,18 @@ TEST_CASE("daemon: fragments lost on the way give a marked record and a notice")
   CHECK(count_of(log, std::string(1000, 'x') + "[... 1000 bytes missing ...]tail\n") == 1);
 }
 
+// The drops column of the dual-stack socket bound to port, /proc/net/udp6.
+static size_t udp6_drops(int port) {
+  char hexport[8];
+  snprintf(hexport, sizeof hexport, ":%04X ", port);
+  std::string table = read_file("/proc/net/udp6");
+  size_t p = table.find(hexport);
+  REQUIRE(p != std::string::npos);
+  size_t e = table.find('\n', p);
+  size_t b = table.rfind(' ', e - 1);
+  return std::stoul(table.substr(b + 1, e - b - 1));
+}
+
 TEST_CASE("daemon: datagrams the kernel dropped are counted in the log") {
   Daemon d({"rbuf=65536"});
   REQUIRE(d.running());
@@ -415,6 +427,7 @@ TEST_CASE("daemon: datagrams the kernel dropped are counted in the log") {
   }, 10));
   s.send(d.port_, "after the flood\n");
   REQUIRE(d.wait_log("after the flood\n"));
+  size_t socket_drops = udp6_drops(d.port_);
   REQUIRE(d.stop() == 0);
   std::string log = d.log();
   size_t received = count_of(log, "drop-test ");
@@ -427,6 +440,7 @@ TEST_CASE("daemon: datagrams the kernel dropped are counted in the log") {
   MESSAGE("sent " << sent << ", received " << received << ", kernel dropped " << dropped);
   CHECK(dropped > 0);
   CHECK(received + dropped == size_t(sent));
+  CHECK(dropped == socket_drops);  // the kernel's own count for the socket
   CHECK(log.find("receive buffer full (rbuf=65536)") != std::string::npos);
   CHECK(d.err().find("kernel_drops=" + std::to_string(dropped) + " ") != std::string::npos);
 }

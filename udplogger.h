@@ -114,6 +114,7 @@ class Output {
   using FlushFn = void (*)(void* ctx, const iovec* iov, int iovcnt);
 
   bool init(size_t arena_bytes, FlushFn fn, void* ctx);
+  ~Output();
   void ref(const char* p, size_t len);        // zero copy; valid until flush
   void copy(const char* p, size_t len);
   void copy_escaped(const char* p, size_t len);
@@ -213,6 +214,7 @@ struct Reassembly {
 class Assembler {
  public:
   bool init(const Options& opts, Output* out);
+  ~Assembler();
 
   // One datagram from addr:port, arrived at `when`.
   void datagram(const in6_addr& addr, uint16_t port, const char* data,

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -43,10 +44,24 @@ std::string read_file(const std::string& path) {
   return ss.str();
 }
 
+// The directories made for this run, removed at exit unless
+// UDPLOGGER_KEEP_TEST_DIRS is set (to look at what a failed test left).
+static std::vector<std::string> temp_dirs;
+
+static void remove_temp_dirs() {
+  if (getenv("UDPLOGGER_KEEP_TEST_DIRS")) return;
+  for (const std::string& d : temp_dirs) {
+    std::string cmd = "rm -rf '" + d + "'";
+    if (system(cmd.c_str()) != 0) fprintf(stderr, "cannot remove %s\n", d.c_str());
+  }
+}
+
 std::string make_temp_dir() {
   char tmpl[] = "/tmp/udplogger-test.XXXXXX";
   if (!mkdtemp(tmpl)) throw std::runtime_error("mkdtemp failed");
   std::string top = tmpl;
+  if (temp_dirs.empty()) atexit(remove_temp_dirs);
+  temp_dirs.push_back(top);
   mkdir((top + "/logs").c_str(), 0755);
   return top + "/logs";
 }

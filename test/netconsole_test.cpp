@@ -471,3 +471,55 @@ TEST_CASE("ext: overlapping fragments at odd offsets count each byte once") {
   CHECK(st.reassembled == 1);
   CHECK(st.incomplete == 0);
 }
+
+TEST_CASE("hostile input: random bytes, sizes and headers never break the log") {
+  // A fixed seed: the same 20000 datagrams every run.
+  uint64_t state = 0x9e3779b97f4a7c15ULL;
+  auto rnd = [&] {
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return state;
+  };
+  const char* heads[] = {"", "6,1,1,-;", "12,", "4,9,9,c,ncfrag=", "6.1.0,14,3,3,-,ncfrag=0/900;",
+                         "14,5,5,-,ncfrag=10/20;", "\\x", "6,7,7,-;\\x0", " KEY=v\n"};
+  ul::Options o;
+  o.clients = 10;
+  o.frags = 4;
+  o.wbuf = 1024;
+  Core c(o, 8192);
+  std::string text;
+  for (int i = 0; i < 20000; i++) {
+    std::string d = heads[rnd() % 9];
+    if (rnd() % 4 == 0 && d.find("ncfrag=") != std::string::npos && d.back() == '=')
+      d += std::to_string(rnd() % 3000) + "/" + std::to_string(rnd() % 3000) + ";";
+    size_t len = rnd() % 5 == 0 ? size_t(rnd() % 65507) : size_t(rnd() % 300);
+    for (size_t j = d.size(); j < len; j++) {
+      uint64_t r = rnd() % 16;
+      d += r == 0 ? '\n' : r == 1 ? '\\' : r == 2 ? char(rnd() % 32) : char(rnd() % 256);
+    }
+    c.feed(("10.0.0." + std::to_string(1 + rnd() % 20)).c_str(), uint16_t(rnd() % 3), d,
+           at(T0 + i / 1000, long(i % 1000) * 1000000));
+    if (i % 997 == 0) c.asm_.expire(at(T0 + i / 1000 + 20));
+    if (i % 1000 == 999) {
+      text += c.text();
+      c.cap.text.clear();
+    }
+  }
+  c.asm_.expire(at(T0 + 100), true);
+  text += c.text();
+  // Every line has a prefix, is short and holds no raw control byte.
+  size_t lines = 0, i = 0, bad = 0;
+  while (i < text.size()) {
+    size_t e = text.find('\n', i);
+    REQUIRE(e != std::string::npos);
+    bool ok = text.compare(i, 4, "2026") == 0 && e - i < 4 * 1024 + 120;
+    for (size_t j = i; j < e; j++) ok = ok && !ul::needs_escape((unsigned char)text[j]);
+    if (!ok && bad++ < 3) MESSAGE("bad line: " << text.substr(i, std::min<size_t>(e - i, 200)));
+    lines++;
+    i = e + 1;
+  }
+  CHECK(bad == 0);
+  CHECK(lines > 20000);
+  CHECK(c.asm_.senders() == 10);
+}

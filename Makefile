@@ -15,7 +15,7 @@ MANDIR ?= $(PREFIX)/share/man
 
 TEST_SOURCES = test/main.cpp test/core_test.cpp test/daemon_test.cpp test/netconsole_test.cpp test/helpers.cpp test/netconsole.cpp
 
-.PHONY: all check bench clean install
+.PHONY: all check check-asan bench clean install
 
 all: udplogger
 
@@ -34,6 +34,14 @@ check: udplogger test/run-tests
 	 awk -F'|' '/test cases:/ { gsub(/[^0-9]/, "", $$2); gsub(/[^0-9]/, "", $$3); p = $$2; f = $$3 } \
 	   END { if (p == "") { p = 0; f = 1 } print p " passed, " f " failed"; exit (f != 0) }' run-tests.log
 
+# The same tests with AddressSanitizer and UBSan in the core and the daemon
+# (the binary's size and libraries and its memory use do not apply there).
+SANITIZE = -fsanitize=address,undefined -fno-sanitize-recover=all -g -O1
+check-asan: $(TEST_SOURCES) test/helpers.h test/netconsole.h test/core_harness.h udplogger.cpp udplogger.h
+	$(CXX) -std=c++17 -fno-exceptions -fno-rtti $(WARNINGS) $(SANITIZE) -o test/udplogger-asan udplogger.cpp
+	$(CXX) $(TEST_FLAGS) $(SANITIZE) -DUDPLOGGER_NO_MAIN -o test/run-tests-asan $(TEST_SOURCES) udplogger.cpp
+	cd test && UDPLOGGER=./udplogger-asan ./run-tests-asan --no-intro=true -tce='binary*,daemon: memory*'
+
 # The benchmark against a null receiver and the peers; see README.md.
 bench: udplogger test/bench/loadgen test/bench/nullrecv
 	bash test/bench/run.sh
@@ -46,4 +54,4 @@ install: udplogger
 	install -D -m 0644 man/udplogger.8 $(DESTDIR)$(MANDIR)/man8/udplogger.8
 
 clean:
-	rm -f udplogger test/run-tests test/*.o test/run-tests.log test/bench/loadgen test/bench/nullrecv
+	rm -f udplogger test/run-tests test/run-tests-asan test/udplogger-asan test/*.o test/run-tests.log test/bench/loadgen test/bench/nullrecv

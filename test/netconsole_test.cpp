@@ -493,7 +493,7 @@ TEST_CASE("hostile input: random bytes, sizes and headers never break the log") 
     std::string d = heads[rnd() % 9];
     if (rnd() % 4 == 0 && d.find("ncfrag=") != std::string::npos && d.back() == '=')
       d += std::to_string(rnd() % 3000) + "/" + std::to_string(rnd() % 3000) + ";";
-    size_t len = rnd() % 5 == 0 ? size_t(rnd() % 65507) : size_t(rnd() % 300);
+    size_t len = rnd() % 20 == 0 ? size_t(rnd() % 65508) : size_t(rnd() % 300);
     for (size_t j = d.size(); j < len; j++) {
       uint64_t r = rnd() % 16;
       d += r == 0 ? '\n' : r == 1 ? '\\' : r == 2 ? char(rnd() % 32) : char(rnd() % 256);
@@ -512,8 +512,8 @@ TEST_CASE("hostile input: random bytes, sizes and headers never break the log") 
   size_t lines = 0, i = 0, bad = 0;
   while (i < text.size()) {
     size_t e = text.find('\n', i);
-    REQUIRE(e != std::string::npos);
-    bool ok = text.compare(i, 4, "2026") == 0 && e - i < 4 * 1024 + 120;
+    if (e == std::string::npos) e = text.size();  // unterminated: counted bad below
+    bool ok = e < text.size() && text.compare(i, 4, "2026") == 0 && e - i < 4 * 1024 + 120;
     for (size_t j = i; j < e; j++) ok = ok && !ul::needs_escape((unsigned char)text[j]);
     if (!ok && bad++ < 3) MESSAGE("bad line: " << text.substr(i, std::min<size_t>(e - i, 200)));
     lines++;

@@ -568,12 +568,14 @@ void Assembler::text(Sender* s, const char* data, size_t len, const timespec& wh
   const char* p = data;
   const char* end = data + len;
   while (p < end) {
-    // One pass finds the newline, or first the byte that needs escaping.
-    const char* c = find_control(p, end);
-    bool clean = c == end || *c == '\n';
-    const char* nl = c == end ? nullptr : *c == '\n' ? c
-        : static_cast<const char*>(memchr(c, '\n', size_t(end - c)));
-    size_t seg = size_t((nl ? nl : end) - p);  // bytes before the newline
+    // One pass finds the newline, or first the byte that needs escaping;
+    // no piece is longer than wbuf, so nothing beyond that is scanned.
+    const char* limit = size_t(end - p) > wbuf ? p + wbuf + 1 : end;
+    const char* c = find_control(p, limit);
+    bool clean = c == limit || *c == '\n';
+    const char* nl = c == limit ? nullptr : *c == '\n' ? c
+        : static_cast<const char*>(memchr(c, '\n', size_t(limit - c)));
+    size_t seg = size_t((nl ? nl : limit) - p);  // bytes before the newline
     if (s->partial_len > 0) {
       size_t room = wbuf - s->partial_len;
       if (nl && seg <= room) {  // completes the partial line

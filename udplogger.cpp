@@ -473,7 +473,7 @@ Sender* Assembler::lookup(const in6_addr& addr, uint16_t port,
   s->name_len = uint8_t(n + 1);
   s->prefix_sec = -1;
   s->partial_len = 0;
-  s->seq_known = s->msgid_known = false;
+  s->seq_known = s->msgid_known = s->seq_resumable = false;
   s->release_len = 0;
   for (int32_t& r : s->inflight) r = -1;
   s->hash_next = buckets_[b];
@@ -809,14 +809,13 @@ void Assembler::check_release(Sender* s, const ExtHeader& h, const timespec& whe
 // Tracks SEQ: reports gaps and restarts; true for a record seen before.
 bool Assembler::seen_before(Sender* s, uint64_t seq, const timespec& when) {
   if (!s->seq_known) {
-    s->seq_known = true;
-    s->first_seq = s->last_seq = seq;
-    s->seq_window = 1;
+    restart_seq(s, seq);
     return false;
   }
   if (seq > s->last_seq) {
     uint64_t gap = seq - s->last_seq - 1;
-    if (gap > 0) {
+    bool resumed = s->seq_resumable && seq == s->resume_seq + 1;  // it was a duplicate
+    if (gap > 0 && !resumed) {
       stats_.missing += gap;
       notice_sender(when, s, "%llu record%s not received: seq %llu..%llu; %s",
                     (unsigned long long)gap, gap == 1 ? "" : "s",
@@ -825,22 +824,45 @@ bool Assembler::seen_before(Sender* s, uint64_t seq, const timespec& when) {
                                    : "lost on the way or filtered by the sender's console loglevel");
     }
     uint64_t shift = seq - s->last_seq;
-    s->seq_window = shift >= 64 ? 1 : (s->seq_window << shift) | 1;
+    s->seq_window = shift >= 64 || resumed ? 1 : (s->seq_window << shift) | 1;
     s->last_seq = seq;
+    s->seq_resumable = false;
     return false;
   }
   uint64_t back = s->last_seq - seq;
-  if (back < 64 && seq >= s->first_seq) {  // a duplicate, or a late record filling a gap
-    if (s->seq_window >> back & 1) return true;
-    s->seq_window |= uint64_t(1) << back;
+  if (back < 64 && seq >= s->first_seq && !(s->seq_window >> back & 1)) {
+    s->seq_window |= uint64_t(1) << back;  // a late record filling a gap
     return false;
   }
+  if (back < 64 && seq >= s->first_seq) return true;
   notice_sender(when, s, "sequence restarted at seq %llu after seq %llu: sender rebooted?",
                 (unsigned long long)seq, (unsigned long long)s->last_seq);
+  restart_seq(s, seq);
+  return false;
+}
+
+// Counts this sender's records from seq on, forgetting what came before.
+void Assembler::restart_seq(Sender* s, uint64_t seq) {
+  s->seq_known = true;
   s->first_seq = s->last_seq = seq;
   s->seq_window = 1;
+  s->seq_resumable = false;
   s->msgid_known = false;
-  return false;
+}
+
+// A whole record whose SEQ was seen before: a sender that rebooted early
+// (its new records reuse the old numbers) or a duplicated datagram.  Either
+// way it is written, never dropped; if the old numbering continues next, it
+// was a duplicate and no gap is reported.
+void Assembler::seen_again(Sender* s, uint64_t seq, const timespec& when) {
+  notice_sender(when, s, "seq %llu again after seq %llu: sender restarted, or a duplicated "
+                "datagram", (unsigned long long)seq, (unsigned long long)s->last_seq);
+  uint64_t last = s->last_seq;
+  bool msgid_known = s->msgid_known;
+  restart_seq(s, seq);
+  s->msgid_known = msgid_known;
+  s->resume_seq = last;
+  s->seq_resumable = true;
 }
 
 // msgid= (newer kernels) counts messages sent: a gap is a loss in transit.
@@ -873,10 +895,7 @@ void Assembler::text_whole(Sender* s, const char* data, size_t len, const timesp
 // A whole record in one datagram.
 void Assembler::record(Sender* s, const ExtHeader& h, const char* data, size_t len,
                        const timespec& when) {
-  if (seen_before(s, h.seq, when)) {
-    stats_.duplicates++;
-    return;
-  }
+  if (seen_before(s, h.seq, when)) seen_again(s, h.seq, when);
   const char* body = data + h.body;
   size_t n = len - h.body;
   check_msgid(s, body, n, when);

@@ -172,6 +172,8 @@ struct Sender {
   timespec partial_time;       // arrival of its first byte
   // Extended netconsole: what was seen of this sender's records.
   bool seq_known, msgid_known;
+  bool seq_resumable;          // a SEQ came again: resume_seq + 1 may follow
+  uint64_t resume_seq;
   uint64_t first_seq;          // lowest SEQ since it (re)started
   uint64_t last_seq;           // highest SEQ seen
   uint64_t seq_window;         // bit i: record last_seq - i was seen
@@ -191,7 +193,7 @@ struct Stats {
   uint64_t incomplete = 0;          // records written with bytes missing
   uint64_t missing = 0;             // records missing by SEQ
   uint64_t lost_in_transit = 0;     // records missing by msgid
-  uint64_t duplicates = 0;          // datagrams seen before, ignored
+  uint64_t duplicates = 0;          // fragments seen before, ignored
   uint64_t malformed = 0;           // bad extended headers, written as text
   uint64_t kernel_drops = 0;        // datagrams the kernel dropped
 };
@@ -262,6 +264,8 @@ class Assembler {
   void fragment(Sender* s, const ExtHeader& h, const char* data, size_t len,
                 const timespec& when);
   bool seen_before(Sender* s, uint64_t seq, const timespec& when);
+  void restart_seq(Sender* s, uint64_t seq);
+  void seen_again(Sender* s, uint64_t seq, const timespec& when);
   void check_release(Sender* s, const ExtHeader& h, const timespec& when);
   void check_msgid(Sender* s, const char* text, size_t len, const timespec& when);
   void finish(Reassembly* r, const timespec& now, const char* why);

@@ -948,7 +948,7 @@ void Assembler::fragment(Sender* s, const ExtHeader& h, const char* data, size_t
 // room if needed); null when the record was written already.
 Reassembly* Assembler::reassembly_for(Sender* s, const ExtHeader& h, const timespec& when) {
   int oldest = -1;
-  for (int i = 0; i < 4; i++) {
+  for (int i = 0; i < kInflightPerSender; i++) {
     if (s->inflight[i] < 0) continue;
     Reassembly* r = &pool_[s->inflight[i]];
     if (r->seq == h.seq && r->total == h.frag_total) return r;
@@ -956,11 +956,11 @@ Reassembly* Assembler::reassembly_for(Sender* s, const ExtHeader& h, const times
   }
   if (seen_before(s, h.seq, when)) return nullptr;
   int free_slot = -1;
-  for (int i = 0; i < 4 && free_slot < 0; i++)
+  for (int i = 0; i < kInflightPerSender && free_slot < 0; i++)
     if (s->inflight[i] < 0) free_slot = i;
   if (free_slot < 0) {
     free_slot = oldest;
-    finish(&pool_[s->inflight[oldest]], when, "with 4 newer records of its sender in reassembly");
+    finish(&pool_[s->inflight[oldest]], when, "with newer records of its sender in reassembly");
   }
   int32_t idx;
   if (free_head_ >= 0) {

@@ -103,6 +103,10 @@ size_t kernel_unescape(const char* src, size_t len, char* dst);
 // dictionary, escaped.
 constexpr uint32_t kRecordMax = 8192;
 
+// Records of one sender in reassembly at once; a further one pushes out the
+// oldest (written with its gaps marked).
+constexpr int kInflightPerSender = 4;
+
 // ------------------------------------------------------------------ output
 
 // Collects log text as an iovec list for one writev: pieces that live in
@@ -180,7 +184,7 @@ struct Sender {
   uint64_t last_msgid;
   uint8_t release_len;
   char release[64];
-  int32_t inflight[4];         // its records in reassembly, -1: none
+  int32_t inflight[kInflightPerSender];  // its records in reassembly, -1: none
 };
 
 struct Stats {

@@ -88,6 +88,15 @@ void store_number(Options* o, const char* key, unsigned long v) {
   else if (!strcmp(key, "frags")) o->frags = unsigned(v);
 }
 
+// A keyword option that allows the words first or second.
+ParseStatus parse_choice(const char* key, const char* value, const char* first,
+                         const char* second, bool* is_second, char* err, size_t errlen) {
+  *is_second = !strcmp(value, second);
+  if (*is_second || !strcmp(value, first)) return ParseStatus::ok;
+  snprintf(err, errlen, "%s=%s: unknown (allowed: %s, %s)", key, value, first, second);
+  return ParseStatus::value_error;
+}
+
 // Parses one key=value; returns usage_error for an unknown key.
 ParseStatus parse_one(const char* key, size_t keylen, const char* value,
                       Options* o, char* err, size_t errlen) {
@@ -135,22 +144,14 @@ ParseStatus parse_one(const char* key, size_t keylen, const char* value,
     o->dir = value;
     return ParseStatus::ok;
   }
-  if (!strcmp(k, "escape")) {
-    if (!strcmp(value, "hex")) o->escape = Escape::hex;
-    else if (!strcmp(value, "none")) o->escape = Escape::none;
-    else {
-      snprintf(err, errlen, "escape=%s: unknown (allowed: hex, none)", value);
-      return ParseStatus::value_error;
-    }
-    return ParseStatus::ok;
-  }
-  if (!strcmp(k, "ext")) {
-    if (!strcmp(value, "auto")) o->ext = Ext::automatic;
-    else if (!strcmp(value, "raw")) o->ext = Ext::raw;
-    else {
-      snprintf(err, errlen, "ext=%s: unknown (allowed: auto, raw)", value);
-      return ParseStatus::value_error;
-    }
+  bool second;  // of the two words a keyword option allows
+  if (!strcmp(k, "escape") || !strcmp(k, "ext")) {
+    bool escape = !strcmp(k, "escape");
+    ParseStatus st = parse_choice(k, value, escape ? "hex" : "auto", escape ? "none" : "raw",
+                                  &second, err, errlen);
+    if (st != ParseStatus::ok) return st;
+    if (escape) o->escape = second ? Escape::none : Escape::hex;
+    else o->ext = second ? Ext::raw : Ext::automatic;
     return ParseStatus::ok;
   }
   return ParseStatus::usage_error;
@@ -401,36 +402,6 @@ uint32_t Assembler::bucket(const in6_addr& addr, uint16_t port) const {
   return h & bucket_mask_;
 }
 
-void Assembler::lru_unlink(Sender* s) {
-  if (s->lru_prev >= 0) slots_[s->lru_prev].lru_next = s->lru_next;
-  else lru_head_ = s->lru_next;
-  if (s->lru_next >= 0) slots_[s->lru_next].lru_prev = s->lru_prev;
-  else lru_tail_ = s->lru_prev;
-}
-
-void Assembler::lru_append(Sender* s) {
-  s->lru_prev = lru_tail_;
-  s->lru_next = -1;
-  if (lru_tail_ >= 0) slots_[lru_tail_].lru_next = index(s);
-  else lru_head_ = index(s);
-  lru_tail_ = index(s);
-}
-
-void Assembler::pend_unlink(Sender* s) {
-  if (s->pend_prev >= 0) slots_[s->pend_prev].pend_next = s->pend_next;
-  else pend_head_ = s->pend_next;
-  if (s->pend_next >= 0) slots_[s->pend_next].pend_prev = s->pend_prev;
-  else pend_tail_ = s->pend_prev;
-}
-
-void Assembler::pend_append(Sender* s) {
-  s->pend_prev = pend_tail_;
-  s->pend_next = -1;
-  if (pend_tail_ >= 0) slots_[pend_tail_].pend_next = index(s);
-  else pend_head_ = index(s);
-  pend_tail_ = index(s);
-}
-
 void Assembler::unhash(Sender* s) {
   int32_t* link = &buckets_[bucket(s->addr, s->port)];
   while (*link != index(s)) link = &slots_[*link].hash_next;
@@ -441,11 +412,11 @@ void Assembler::unhash(Sender* s) {
 // full; that sender's partial line is written out first, nothing is lost.
 Sender* Assembler::take_slot(const timespec& when) {
   if (used_ < opts_.clients) return &slots_[used_++];
-  Sender* s = &slots_[lru_head_];
+  Sender* s = &slots_[lru_.head];
   if (s->partial_len > 0) write_partial(s, nullptr, 0, false);
   drop_inflight(s, when, "its sender's slot was reused (clients=)");
   unhash(s);
-  lru_unlink(s);
+  lru_.unlink(slots_, index(s));
   stats_.senders_reused++;
   return s;
 }
@@ -458,9 +429,9 @@ Sender* Assembler::lookup(const in6_addr& addr, uint16_t port,
   for (int32_t i = buckets_[b]; i >= 0; i = slots_[i].hash_next) {
     Sender* s = &slots_[i];
     if (s->port == port && !memcmp(&s->addr, &addr, sizeof addr)) {
-      if (lru_tail_ != i) {
-        lru_unlink(s);
-        lru_append(s);
+      if (lru_.tail != i) {
+        lru_.unlink(slots_, i);
+        lru_.append(slots_, i);
       }
       return s;
     }
@@ -478,7 +449,7 @@ Sender* Assembler::lookup(const in6_addr& addr, uint16_t port,
   for (int32_t& r : s->inflight) r = -1;
   s->hash_next = buckets_[b];
   buckets_[b] = index(s);
-  lru_append(s);
+  lru_.append(slots_, index(s));
   return s;
 }
 
@@ -514,7 +485,7 @@ void Assembler::write_partial(Sender* s, const char* rest, size_t rest_len,
   write_line(s, s->partial_time.tv_sec, s->partial, s->partial_len, rest,
              rest_len, newline_in_rest);
   s->partial_len = 0;
-  pend_unlink(s);
+  pending_.unlink(slots_, index(s));
 }
 
 // Keeps bytes that have no newline yet.  The buffer grows (at most to
@@ -537,7 +508,7 @@ void Assembler::keep_partial(Sender* s, const char* p, size_t len,
   }
   if (s->partial_len == 0) {
     s->partial_time = when;
-    pend_append(s);
+    pending_.append(slots_, index(s));
   }
   memcpy(s->partial + s->partial_len, p, len);
   s->partial_len += uint32_t(len);
@@ -602,16 +573,16 @@ void Assembler::text(Sender* s, const char* data, size_t len, const timespec& wh
 }
 
 void Assembler::expire(const timespec& now, bool all) {
-  while (pend_head_ >= 0) {
-    Sender* s = &slots_[pend_head_];
+  while (pending_.head >= 0) {
+    Sender* s = &slots_[pending_.head];
     timespec due = s->partial_time;
     due.tv_sec += opts_.timeout;
     if (!all && !timespec_le(due, now)) break;
     write_partial(s, nullptr, 0, false);
     stats_.lines_timed_out++;
   }
-  while (age_head_ >= 0) {
-    Reassembly* r = &pool_[age_head_];
+  while (ages_.head >= 0) {
+    Reassembly* r = &pool_[ages_.head];
     timespec due = r->first;
     due.tv_sec += opts_.timeout;
     if (!all && !timespec_le(due, now)) break;
@@ -621,9 +592,9 @@ void Assembler::expire(const timespec& now, bool all) {
 
 timespec Assembler::next_deadline() const {
   timespec due = {0, 0};
-  if (pend_head_ >= 0) due = slots_[pend_head_].partial_time;
-  if (age_head_ >= 0 && (due.tv_sec == 0 || timespec_le(pool_[age_head_].first, due)))
-    due = pool_[age_head_].first;
+  if (pending_.head >= 0) due = slots_[pending_.head].partial_time;
+  if (ages_.head >= 0 && (due.tv_sec == 0 || timespec_le(pool_[ages_.head].first, due)))
+    due = pool_[ages_.head].first;
   if (due.tv_sec != 0) due.tv_sec += opts_.timeout;
   return due;
 }
@@ -969,7 +940,7 @@ Reassembly* Assembler::reassembly_for(Sender* s, const ExtHeader& h, const times
   } else if (pool_used_ < opts_.frags) {
     idx = int32_t(pool_used_++);
   } else {
-    idx = age_head_;
+    idx = ages_.head;
     finish(&pool_[idx], when, "to make room: reassembly table full (frags=)");
     free_head_ = pool_[idx].age_next;
   }
@@ -982,11 +953,7 @@ Reassembly* Assembler::reassembly_for(Sender* s, const ExtHeader& h, const times
   r->have = 0;
   r->first = when;
   memset(r->got, 0, (r->total + 7) / 8);
-  r->age_prev = age_tail_;
-  r->age_next = -1;
-  if (age_tail_ >= 0) pool_[age_tail_].age_next = idx;
-  else age_head_ = idx;
-  age_tail_ = idx;
+  ages_.append(pool_, idx);
   s->inflight[free_slot] = idx;
   return r;
 }
@@ -995,10 +962,7 @@ Reassembly* Assembler::reassembly_for(Sender* s, const ExtHeader& h, const times
 // free list.
 void Assembler::release_reassembly(Reassembly* r) {
   int32_t idx = int32_t(r - pool_);
-  if (r->age_prev >= 0) pool_[r->age_prev].age_next = r->age_next;
-  else age_head_ = r->age_next;
-  if (r->age_next >= 0) pool_[r->age_next].age_prev = r->age_prev;
-  else age_tail_ = r->age_prev;
+  ages_.unlink(pool_, idx);
   for (int32_t& i : slots_[r->sender].inflight)
     if (i == idx) i = -1;
   r->sender = -1;

@@ -158,6 +158,27 @@ class StampCache {
 
 // ----------------------------------------------------------------- senders
 
+// A doubly linked list threaded through the elements of an array by index
+// (-1 ends it), so that taking an element out is O(1) and allocates nothing.
+template <typename T, int32_t T::*Prev, int32_t T::*Next>
+struct IndexList {
+  int32_t head = -1, tail = -1;
+
+  void append(T* base, int32_t i) {
+    base[i].*Prev = tail;
+    base[i].*Next = -1;
+    if (tail >= 0) base[tail].*Next = i;
+    else head = i;
+    tail = i;
+  }
+  void unlink(T* base, int32_t i) {
+    if (base[i].*Prev >= 0) base[base[i].*Prev].*Next = base[i].*Next;
+    else head = base[i].*Next;
+    if (base[i].*Next >= 0) base[base[i].*Next].*Prev = base[i].*Prev;
+    else tail = base[i].*Prev;
+  }
+};
+
 struct Sender {
   in6_addr addr;
   uint16_t port;
@@ -251,10 +272,6 @@ class Assembler {
   Sender* lookup(const in6_addr& addr, uint16_t port, const timespec& when);
   Sender* take_slot(const timespec& when);
   void unhash(Sender* s);
-  void lru_unlink(Sender* s);
-  void lru_append(Sender* s);
-  void pend_unlink(Sender* s);
-  void pend_append(Sender* s);
   void write_line(Sender* s, time_t sec, const char* a, size_t alen,
                   const char* b, size_t blen, bool newline_in_b, bool b_clean = false);
   void write_partial(Sender* s, const char* rest, size_t rest_len,
@@ -296,10 +313,10 @@ class Assembler {
   int32_t* buckets_ = nullptr;
   uint32_t bucket_mask_ = 0;
   size_t used_ = 0;
-  int32_t lru_head_ = -1, lru_tail_ = -1;
-  int32_t pend_head_ = -1, pend_tail_ = -1;
+  IndexList<Sender, &Sender::lru_prev, &Sender::lru_next> lru_;  // idle longest first
+  IndexList<Sender, &Sender::pend_prev, &Sender::pend_next> pending_;  // oldest partial first
   Reassembly* pool_ = nullptr;      // opts.frags entries
-  int32_t age_head_ = -1, age_tail_ = -1;
+  IndexList<Reassembly, &Reassembly::age_prev, &Reassembly::age_next> ages_;  // oldest first
   int32_t free_head_ = -1;          // released entries, linked by age_next
   uint32_t pool_used_ = 0;          // entries ever used: the rest untouched
   uint32_t drops_seen_ = 0;

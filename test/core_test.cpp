@@ -289,3 +289,20 @@ TEST_CASE("assembly: the 8-byte scan finds every control byte, at every position
     }
   }
 }
+
+TEST_CASE("options: keyword options name the words they allow") {
+  Options o;
+  std::string err;
+  CHECK(parse({"ext=raw", "escape=none"}, &o) == ParseStatus::ok);
+  CHECK(o.ext == ul::Ext::raw);
+  CHECK(o.escape == ul::Escape::none);
+  CHECK(parse({"ext=auto", "escape=hex"}, &o) == ParseStatus::ok);
+  CHECK(o.ext == ul::Ext::automatic);
+  CHECK(o.escape == ul::Escape::hex);
+  CHECK(parse({"ext=cooked"}, &o, &err) == ParseStatus::value_error);
+  CHECK(err == "ext=cooked: unknown (allowed: auto, raw)");
+  CHECK(parse({"escape="}, &o, &err) == ParseStatus::value_error);
+  CHECK(err == "escape=: unknown (allowed: hex, none)");
+  CHECK(parse({"frags=3"}, &o, &err) == ParseStatus::value_error);
+  CHECK(err == "frags=3: out of range (allowed: 4..4096)");
+}

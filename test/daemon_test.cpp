@@ -36,6 +36,16 @@ std::string status_field(pid_t pid, const std::string& key) {
   return b == std::string::npos ? "" : v.substr(b);
 }
 
+// A POSIX TZ (local time = UTC + offset) whose next midnight is `seconds`
+// from now.
+std::string zone_with_midnight_in(long seconds) {
+  long sod = long(time(nullptr) % 86400);
+  long off = ((86400 - seconds - sod) % 86400 + 86400) % 86400;
+  char tz[32];
+  snprintf(tz, sizeof tz, "XXX-%ld:%02ld:%02ld", off / 3600, off / 60 % 60, off % 60);
+  return tz;
+}
+
 }  // namespace
 
 TEST_CASE("daemon: start-up line names the options and the log file") {
@@ -240,12 +250,7 @@ TEST_CASE("daemon: timestamps are the kernel's arrival time, not the loop's") {
 }
 
 TEST_CASE("daemon: the log switches files at local midnight, even when idle") {
-  // A zone whose midnight is 3 seconds away.
-  time_t now = time(nullptr);
-  long sod = long(now % 86400);
-  long off = ((86400 - 3 - sod) % 86400 + 86400) % 86400;
-  char tz[32];
-  snprintf(tz, sizeof tz, "XXX-%ld:%02ld:%02ld", off / 3600, off / 60 % 60, off % 60);
+  std::string tz = zone_with_midnight_in(3);
   Daemon d({}, {std::string("TZ=") + tz});
   REQUIRE(d.running());
   Sender s;
@@ -265,13 +270,10 @@ TEST_CASE("daemon: the log switches files at local midnight, even when idle") {
 
 TEST_CASE("daemon: a refused file at midnight keeps the current one and says why") {
   time_t now = time(nullptr);
-  long sod = long(now % 86400);
-  long off = ((86400 - 3 - sod) % 86400 + 86400) % 86400;
-  char tz[32];
-  snprintf(tz, sizeof tz, "XXX-%ld:%02ld:%02ld", off / 3600, off / 60 % 60, off % 60);
+  std::string tz = zone_with_midnight_in(3);
   std::string dir = make_temp_dir();
   // Tomorrow's file (in that zone) is a symbolic link planted in advance.
-  setenv("TZ", tz, 1);
+  setenv("TZ", tz.c_str(), 1);
   tzset();
   time_t tomorrow = now + 10;
   char name[32];

@@ -414,7 +414,7 @@ Sender* Assembler::take_slot(const timespec& when) {
   if (used_ < opts_.clients) return &slots_[used_++];
   Sender* s = &slots_[lru_.head];
   if (s->partial_len > 0) write_partial(s, nullptr, 0, false);
-  drop_inflight(s, when, "its sender's slot was reused (clients=)");
+  drop_inflight(s, when, "as its sender's slot was reused (clients=)");
   unhash(s);
   lru_.unlink(slots_, index(s));
   stats_.senders_reused++;

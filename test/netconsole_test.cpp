@@ -534,3 +534,16 @@ TEST_CASE("hostile input: random bytes, sizes and headers never break the log") 
   CHECK(lines > 20000);
   CHECK(c.asm_.senders() == 10);
 }
+
+TEST_CASE("ext: a sender pushed out of a full table writes its records in reassembly") {
+  ul::Options o;
+  o.clients = 10;
+  Core c(o);
+  c.feed("10.9.9.9", 6665, frag(77, 0, 20, "first half"), T0);
+  for (int i = 0; i < 10; i++) c.feed(("10.0.0." + std::to_string(i + 1)).c_str(), 1, "x\n", T0 + 1);
+  std::string log = c.text();
+  CHECK(count_of(log, "udplogger: 10.9.9.9:6665: record seq 77 incomplete as its sender's slot was "
+                      "reused (clients=): 10 of 20 bytes missing\n") == 1);
+  CHECK(count_of(log, "10.9.9.9:6665 <14>[    5.000000] first half[... 10 bytes missing ...]\n") == 1);
+  CHECK(c.asm_.stats().senders_reused == 1);
+}

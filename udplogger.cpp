@@ -453,6 +453,12 @@ Sender* Assembler::lookup(const in6_addr& addr, uint16_t port,
   return s;
 }
 
+// Copies text into the log, escaped unless escape=none.
+void Assembler::put_text(const char* p, size_t len) {
+  if (opts_.escape == Escape::hex) out_->copy_escaped(p, len);
+  else out_->copy(p, len);
+}
+
 // Writes one log line: prefix, then a (copied) and b (referenced in place,
 // followed by its newline when newline_in_b), then a newline if needed.
 void Assembler::write_line(Sender* s, time_t sec, const char* a, size_t alen,
@@ -462,12 +468,8 @@ void Assembler::write_line(Sender* s, time_t sec, const char* a, size_t alen,
     s->prefix_sec = sec;
   }
   out_->copy(s->prefix, 20 + s->name_len);
-  bool escape = opts_.escape == Escape::hex;
-  if (alen > 0) {
-    if (escape) out_->copy_escaped(a, alen);
-    else out_->copy(a, alen);
-  }
-  if (escape && !b_clean && any_escape(b, blen)) {
+  put_text(a, alen);
+  if (opts_.escape == Escape::hex && !b_clean && any_escape(b, blen)) {
     out_->copy_escaped(b, blen);
     out_->copy("\n", 1);
   } else if (newline_in_b) {
@@ -1035,8 +1037,7 @@ void Assembler::rec_put(const char* p, size_t len) {
       continue;
     }
     size_t n = len < room ? len : room;
-    if (opts_.escape == Escape::hex) out_->copy_escaped(p, n);
-    else out_->copy(p, n);
+    put_text(p, n);
     l.line_bytes += n;
     p += n;
     len -= n;
@@ -1353,6 +1354,7 @@ void ring_init(Ring* r) {
     h.msg_iov = &r->iov[i];
     h.msg_iovlen = 1;
     h.msg_name = &r->names[i];
+    h.msg_control = r->ctrl[i];
   }
 }
 
@@ -1398,9 +1400,8 @@ timespec arrival_of(const Ring& r, int i, const timespec& fallback, int64_t* dro
 // the number of datagrams, 0 when the socket is empty.
 int receive_batch(int fd, Ring* r, Assembler* a) {
   for (int i = 0; i < kBatch; i++) {
-    msghdr& h = r->msgs[i].msg_hdr;
+    msghdr& h = r->msgs[i].msg_hdr;  // the lengths the kernel changed last time
     h.msg_namelen = sizeof r->names[i];
-    h.msg_control = r->ctrl[i];
     h.msg_controllen = sizeof r->ctrl[i];
     h.msg_flags = 0;
   }

@@ -272,6 +272,7 @@ class Assembler {
   Sender* lookup(const in6_addr& addr, uint16_t port, const timespec& when);
   Sender* take_slot(const timespec& when);
   void unhash(Sender* s);
+  void put_text(const char* p, size_t len);
   void write_line(Sender* s, time_t sec, const char* a, size_t alen,
                   const char* b, size_t blen, bool newline_in_b, bool b_clean = false);
   void write_partial(Sender* s, const char* rest, size_t rest_len,

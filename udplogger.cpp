@@ -1,9 +1,22 @@
 // udplogger: receive line-oriented UDP log streams (Linux netconsole and
 // others) and append them to daily log files.
 //
-// The first half of this file implements the pure core declared in
-// udplogger.h (no I/O); the second half is the shell: sockets, epoll, files,
-// signals and main.
+// Map of this file.  The pure core, declared in udplogger.h, does no I/O:
+//   options        key=value parsing and its error texts
+//   formatting     escaping, stamps, sender and host names, day files
+//   output         Output (iovec collector) and LineWriter, the one
+//                  birthplace of every log line
+//   senders        SenderTable: slots, hash, least recently heard
+//   assembly       Assembler: routes each Datagram, joins text into lines
+//   netconsole     extended header parsing, Netconsole (SEQ, msgid,
+//                  reassembly) and RecordWriter (a record as lines)
+// The shell does the I/O:
+//   listener       create / tune / describe the UDP socket
+//   sinks          log directory and files: DailyFile, HostFiles, StdoutSink
+//   privileges     dropping uid and gid
+//   receive        recvmmsg into the ring, one Datagram per message
+//   loop           setup, then epoll: receive, expire, signals, midnight
+//   main
 //
 // Copyright (C) 2026 the udplogger authors.  GPL version 2, see COPYING.
 #include "udplogger.h"
@@ -20,12 +33,11 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <algorithm>
 
 namespace ul {
 
@@ -35,7 +47,7 @@ const char kUsage[] =
     "usage: udplogger [key=value ...]\n"
     "  ip=ADDR      address to bind, IPv4 or IPv6 literal (default: any, dual stack)\n"
     "  port=N       UDP port (default 6666)\n"
-    "  dir=PATH     log directory (default .)\n"
+    "  dir=PATH     log directory, or - for standard output (default .)\n"
     "  timeout=S    seconds a line waits for its newline, 5..600 (default 10)\n"
     "  clients=N    senders tracked at once, 10..65536 (default 1024)\n"
     "  wbuf=N       longest line kept in bytes, 1024..1048576 (default 65536)\n"
@@ -46,6 +58,10 @@ const char kUsage[] =
     "  ext=auto|raw extended netconsole: decode and reassemble (default) or\n"
     "               write as received, as udplogger 1.1 did\n"
     "  frags=N      fragmented records reassembled at once, 4..4096 (default 64)\n"
+    "  stamp=classic|iso  line time as 2026-11-22 02:04:05 (default) or\n"
+    "               2026-11-22T02:04:05.123456+09:00\n"
+    "  split=none|host  one daily file (default), or DIR/ADDR/ per sender address\n"
+    "  files=N      split=host: log files open at once, 1..65536 (default 64)\n"
     "  --help, --version\n"
     "Every key=value may also be written --key=value.\n";
 
@@ -73,7 +89,7 @@ const NumberOption kNumberOptions[] = {
     {"clients", 10, 65536, 10},    {"wbuf", 1024, 1048576, 10},
     {"rbuf", 65536, 1UL << 30, 10}, {"uid", 0, 4294967294UL, 10},
     {"gid", 0, 4294967294UL, 10},  {"perm", 0, 0777, 8},
-    {"frags", 4, 4096, 10},
+    {"frags", 4, 4096, 10},        {"files", 1, 65536, 10},
 };
 
 void store_number(Options* o, const char* key, unsigned long v) {
@@ -86,15 +102,48 @@ void store_number(Options* o, const char* key, unsigned long v) {
   else if (!strcmp(key, "gid")) o->gid = long(v);
   else if (!strcmp(key, "perm")) o->perm = unsigned(v);
   else if (!strcmp(key, "frags")) o->frags = unsigned(v);
+  else if (!strcmp(key, "files")) o->files = unsigned(v);
 }
 
-// A keyword option that allows the words first or second.
-ParseStatus parse_choice(const char* key, const char* value, const char* first,
-                         const char* second, bool* is_second, char* err, size_t errlen) {
-  *is_second = !strcmp(value, second);
-  if (*is_second || !strcmp(value, first)) return ParseStatus::ok;
-  snprintf(err, errlen, "%s=%s: unknown (allowed: %s, %s)", key, value, first, second);
-  return ParseStatus::value_error;
+ParseStatus parse_number_option(const NumberOption& n, const char* value, Options* o,
+                                char* err, size_t errlen) {
+  unsigned long v = 0;
+  const char* range_fmt = n.base == 8 ? "%s=%s: %s (allowed: octal %04lo..%04lo)"
+                                      : "%s=%s: %s (allowed: %lu..%lu)";
+  if (!parse_number(value, n.base, &v)) {
+    snprintf(err, errlen, range_fmt, n.key, value, "not a number", n.min, n.max);
+    return ParseStatus::value_error;
+  }
+  if (v < n.min || v > n.max) {
+    snprintf(err, errlen, range_fmt, n.key, value, "out of range", n.min, n.max);
+    return ParseStatus::value_error;
+  }
+  if (n.base == 8 && (v & 0111)) {
+    snprintf(err, errlen, "perm=%s: log files must not be executable "
+             "(allowed: octal 0000..0666)", value);
+    return ParseStatus::value_error;
+  }
+  store_number(o, n.key, v);
+  return ParseStatus::ok;
+}
+
+// A keyword option: one of two words, the first the default.
+struct WordOption {
+  const char* key;
+  const char* first;
+  const char* second;
+};
+
+const WordOption kWordOptions[] = {
+    {"escape", "hex", "none"}, {"ext", "auto", "raw"},
+    {"stamp", "classic", "iso"}, {"split", "none", "host"},
+};
+
+void store_word(Options* o, const char* key, bool second) {
+  if (!strcmp(key, "escape")) o->escape = second ? Escape::none : Escape::hex;
+  else if (!strcmp(key, "ext")) o->ext = second ? Ext::raw : Ext::automatic;
+  else if (!strcmp(key, "stamp")) o->stamp = second ? StampStyle::iso : StampStyle::classic;
+  else if (!strcmp(key, "split")) o->split = second ? Split::host : Split::none;
 }
 
 // Parses one key=value; returns usage_error for an unknown key.
@@ -104,25 +153,16 @@ ParseStatus parse_one(const char* key, size_t keylen, const char* value,
   if (keylen >= sizeof k) return ParseStatus::usage_error;
   memcpy(k, key, keylen);
   k[keylen] = '\0';
-  for (const NumberOption& n : kNumberOptions) {
-    if (strcmp(k, n.key)) continue;
-    unsigned long v = 0;
-    const char* range_fmt = n.base == 8 ? "%s=%s: %s (allowed: octal %04lo..%04lo)"
-                                        : "%s=%s: %s (allowed: %lu..%lu)";
-    if (!parse_number(value, n.base, &v)) {
-      snprintf(err, errlen, range_fmt, k, value, "not a number", n.min, n.max);
+  for (const NumberOption& n : kNumberOptions)
+    if (!strcmp(k, n.key)) return parse_number_option(n, value, o, err, errlen);
+  for (const WordOption& w : kWordOptions) {
+    if (strcmp(k, w.key)) continue;
+    bool second = !strcmp(value, w.second);
+    if (!second && strcmp(value, w.first)) {
+      snprintf(err, errlen, "%s=%s: unknown (allowed: %s, %s)", k, value, w.first, w.second);
       return ParseStatus::value_error;
     }
-    if (v < n.min || v > n.max) {
-      snprintf(err, errlen, range_fmt, k, value, "out of range", n.min, n.max);
-      return ParseStatus::value_error;
-    }
-    if (n.base == 8 && (v & 0111)) {
-      snprintf(err, errlen, "perm=%s: log files must not be executable "
-               "(allowed: octal 0000..0666)", value);
-      return ParseStatus::value_error;
-    }
-    store_number(o, k, v);
+    store_word(o, k, second);
     return ParseStatus::ok;
   }
   if (!strcmp(k, "ip")) {
@@ -138,20 +178,10 @@ ParseStatus parse_one(const char* key, size_t keylen, const char* value,
   }
   if (!strcmp(k, "dir")) {
     if (!*value) {
-      snprintf(err, errlen, "dir=: empty (allowed: a directory path)");
+      snprintf(err, errlen, "dir=: empty (allowed: a directory path, or - for standard output)");
       return ParseStatus::value_error;
     }
     o->dir = value;
-    return ParseStatus::ok;
-  }
-  bool second;  // of the two words a keyword option allows
-  if (!strcmp(k, "escape") || !strcmp(k, "ext")) {
-    bool escape = !strcmp(k, "escape");
-    ParseStatus st = parse_choice(k, value, escape ? "hex" : "auto", escape ? "none" : "raw",
-                                  &second, err, errlen);
-    if (st != ParseStatus::ok) return st;
-    if (escape) o->escape = second ? Escape::none : Escape::hex;
-    else o->ext = second ? Ext::raw : Ext::automatic;
     return ParseStatus::ok;
   }
   return ParseStatus::usage_error;
@@ -174,10 +204,15 @@ ParseStatus parse_options(int argc, char* const* argv, Options* o, char* err,
       snprintf(err, errlen, "unknown option '%s'", argv[i]);
     if (st != ParseStatus::ok) return st;
   }
+  if (o->to_stdout() && o->split == Split::host) {
+    snprintf(err, errlen, "split=host: needs a log directory, not dir=- "
+             "(allowed with dir=-: split=none)");
+    return ParseStatus::value_error;
+  }
   return ParseStatus::ok;
 }
 
-// ====================================================== escaping, prefixes
+// ============================================================== formatting
 
 namespace {
 
@@ -208,6 +243,21 @@ const char* find_control(const char* p, const char* end) {
   }
 }
 
+bool any_escape(const char* p, size_t len) { return find_control(p, p + len) != p + len; }
+
+// Two digits of v at p; the stamp formatter runs once a second, but
+// snprintf would still be the biggest cost of a quiet second.
+void put2(char* p, int v) {
+  p[0] = char('0' + v / 10 % 10);
+  p[1] = char('0' + v % 10);
+}
+
+// The six digits of the microsecond at p.
+void put_micros(char* p, long nsec) {
+  long us = nsec / 1000;
+  for (int i = 5; i >= 0; i--, us /= 10) p[i] = char('0' + us % 10);
+}
+
 }  // namespace
 
 size_t escape_text(const char* src, size_t len, char* dst) {
@@ -228,16 +278,10 @@ size_t escape_text(const char* src, size_t len, char* dst) {
   return size_t(d - dst);
 }
 
-// Two digits of v at p; the prefix formatter runs once a second, but
-// snprintf would still be the biggest cost of a quiet second.
-static void put2(char* p, int v) {
-  p[0] = char('0' + v / 10 % 10);
-  p[1] = char('0' + v % 10);
-}
-
-void format_stamp(time_t t, char out[21]) {
+// "YYYY-MM-DD hh:mm:ss " or "YYYY-MM-DDThh:mm:ss.uuuuuu+hh:mm ".
+size_t format_stamp(StampStyle style, const timespec& t, char out[kStampMax + 1]) {
   struct tm tm;
-  localtime_r(&t, &tm);
+  localtime_r(&t.tv_sec, &tm);
   int year = tm.tm_year + 1900;
   put2(out, year / 100);
   put2(out + 2, year % 100);
@@ -245,19 +289,32 @@ void format_stamp(time_t t, char out[21]) {
   put2(out + 5, tm.tm_mon + 1);
   out[7] = '-';
   put2(out + 8, tm.tm_mday);
-  out[10] = ' ';
+  out[10] = style == StampStyle::iso ? 'T' : ' ';
   put2(out + 11, tm.tm_hour);
   out[13] = ':';
   put2(out + 14, tm.tm_min);
   out[16] = ':';
   put2(out + 17, tm.tm_sec);
-  out[19] = ' ';
-  out[20] = '\0';
+  size_t n = 19;
+  if (style == StampStyle::iso) {
+    out[19] = '.';
+    put_micros(out + 20, t.tv_nsec);
+    long off = tm.tm_gmtoff / 60;  // minutes east of UTC
+    out[26] = off < 0 ? '-' : '+';
+    if (off < 0) off = -off;
+    put2(out + 27, int(off / 60 % 100));
+    out[29] = ':';
+    put2(out + 30, int(off % 60));
+    n = 32;
+  }
+  out[n] = ' ';
+  out[n + 1] = '\0';
+  return n + 1;
 }
 
 void log_file_name(time_t t, char out[16]) {
-  char stamp[21];
-  format_stamp(t, stamp);
+  char stamp[kStampMax + 1];
+  format_stamp(StampStyle::classic, timespec{t, 0}, stamp);
   memcpy(out, stamp, 10);
   memcpy(out + 10, ".log", 5);
 }
@@ -272,35 +329,47 @@ time_t next_local_midnight(time_t t) {
   return m > t ? m : t + 1;  // never stand still, whatever the zone does
 }
 
+size_t format_host(const in6_addr& addr, char* out) {
+  if (IN6_IS_ADDR_V4MAPPED(&addr)) inet_ntop(AF_INET, &addr.s6_addr[12], out, kHostNameMax);
+  else inet_ntop(AF_INET6, &addr, out, kHostNameMax);
+  return strlen(out);
+}
+
 size_t format_sender(const in6_addr& addr, uint16_t port, char* out) {
-  char text[INET6_ADDRSTRLEN];
-  int n;
-  if (IN6_IS_ADDR_V4MAPPED(&addr)) {
-    inet_ntop(AF_INET, &addr.s6_addr[12], text, sizeof text);
-    n = snprintf(out, kSenderNameMax, "%s:%u", text, unsigned(port));
-  } else {
-    inet_ntop(AF_INET6, &addr, text, sizeof text);
-    n = snprintf(out, kSenderNameMax, "[%s]:%u", text, unsigned(port));
-  }
-  return size_t(n);
+  char host[kHostNameMax];
+  format_host(addr, host);
+  const char* fmt = IN6_IS_ADDR_V4MAPPED(&addr) ? "%s:%u" : "[%s]:%u";
+  return size_t(snprintf(out, kSenderNameMax, fmt, host, unsigned(port)));
 }
 
 // ================================================================== output
 
-bool Output::init(size_t arena_bytes, FlushFn fn, void* ctx) {
+bool Output::init(size_t arena_bytes, FlushFn fn, void* ctx, bool by_host) {
   arena_ = static_cast<char*>(malloc(arena_bytes));
   arena_cap_ = arena_bytes;
   fn_ = fn;
   ctx_ = ctx;
+  by_host_ = by_host;
   return arena_ != nullptr;
 }
 
 Output::~Output() { free(arena_); }
 
 void Output::flush() {
-  if (iovcnt_ > 0) fn_(ctx_, iov_, iovcnt_);
+  if (iovcnt_ > 0) fn_(ctx_, has_host_ ? &host_ : nullptr, iov_, iovcnt_);
   iovcnt_ = 0;
   arena_used_ = 0;
+}
+
+// Lines about another host go out in a batch of their own, when lines are
+// grouped by host at all.
+void Output::to(const in6_addr* host) {
+  if (!by_host_) return;
+  bool same = host ? has_host_ && !memcmp(&host_, host, sizeof host_) : !has_host_;
+  if (same) return;
+  flush();
+  has_host_ = host != nullptr;
+  if (host) host_ = *host;
 }
 
 // Returns arena space for up to `want` bytes (at least 4), flushing first
@@ -344,6 +413,14 @@ void Output::copy(const char* p, size_t len) {
   }
 }
 
+char* Output::claim(size_t len) {
+  if (iovcnt_ >= kMaxIov || arena_cap_ - arena_used_ < len) flush();
+  char* d = arena_ + arena_used_;
+  arena_used_ += len;
+  push(d, len);
+  return d;
+}
+
 // Clean runs are copied whole; only the bytes that need it are escaped.
 void Output::copy_escaped(const char* p, size_t len) {
   const char* end = p + len;
@@ -358,43 +435,95 @@ void Output::copy_escaped(const char* p, size_t len) {
   }
 }
 
-// ================================================================= senders
+// ------------------------------------------------------------- LineWriter
 
-namespace {
-
-bool timespec_le(const timespec& a, const timespec& b) {
-  return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec <= b.tv_nsec);
+void LineWriter::init(const Options& opts, Output* out, Stats* stats) {
+  out_ = out;
+  stats_ = stats;
+  escape_ = opts.escape;
+  style_ = opts.stamp;
 }
 
-bool any_escape(const char* p, size_t len) { return find_control(p, p + len) != p + len; }
+// The stamp is formatted once a second; ISO stamps get their microseconds
+// per line.
+void LineWriter::begin(const Origin& o, const timespec& when) {
+  if (when.tv_sec != stamp_sec_) {
+    stamp_len_ = format_stamp(style_, when, stamp_);
+    stamp_sec_ = when.tv_sec;
+  } else if (style_ == StampStyle::iso) {
+    put_micros(stamp_ + 20, when.tv_nsec);
+  }
+  out_->to(o.host);
+  char* d = out_->claim(stamp_len_ + o.name_len + 1);
+  memcpy(d, stamp_, stamp_len_);
+  memcpy(d + stamp_len_, o.name, o.name_len);
+  d[stamp_len_ + o.name_len] = ' ';
+}
 
-}  // namespace
+void LineWriter::text(const char* p, size_t len) {
+  if (escape_ == Escape::hex) out_->copy_escaped(p, len);
+  else out_->copy(p, len);
+}
 
-bool Assembler::init(const Options& opts, Output* out) {
-  opts_ = opts;
-  out_ = out;
-  slots_ = static_cast<Sender*>(calloc(opts.clients, sizeof(Sender)));
+void LineWriter::end_with(const char* p, size_t len, bool newline_follows, bool clean) {
+  if (escape_ == Escape::hex && !clean && any_escape(p, len)) {
+    out_->copy_escaped(p, len);
+    out_->copy("\n", 1);
+  } else if (newline_follows) {
+    out_->ref(p, len + 1);
+  } else {
+    out_->ref(p, len);
+    out_->copy("\n", 1);
+  }
+  stats_->lines++;
+}
+
+void LineWriter::end() {
+  out_->copy("\n", 1);
+  stats_->lines++;
+}
+
+// Notices are always escaped and are not counted as lines received.
+void LineWriter::notice(const in6_addr* host, const char* name, size_t name_len,
+                        const timespec& when, const char* fmt, ...) {
+  char text[512];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(text, sizeof text, fmt, ap);
+  va_end(ap);
+  if (n < 0) return;
+  begin(Origin{host, "udplogger:", 10}, when);
+  if (name) {
+    out_->copy(name, name_len);
+    out_->copy(": ", 2);
+  }
+  out_->copy_escaped(text, size_t(n) < sizeof text ? size_t(n) : sizeof text - 1);
+  out_->copy("\n", 1);
+}
+
+// ================================================================= senders
+
+bool SenderTable::init(unsigned capacity) {
+  capacity_ = capacity;
+  slots_ = static_cast<Sender*>(calloc(capacity, sizeof(Sender)));
   uint32_t nbuckets = 16;
-  while (nbuckets < opts.clients * 2) nbuckets <<= 1;
+  while (nbuckets < capacity * 2) nbuckets <<= 1;
   buckets_ = static_cast<int32_t*>(malloc(nbuckets * sizeof(int32_t)));
   if (!slots_ || !buckets_) return false;
   for (uint32_t i = 0; i < nbuckets; i++) buckets_[i] = -1;
   bucket_mask_ = nbuckets - 1;
-  // Reassembly buffers: reserved now, resident only once used.
-  pool_ = static_cast<Reassembly*>(calloc(opts.frags, sizeof(Reassembly)));
-  return pool_ != nullptr;
+  return true;
 }
 
-Assembler::~Assembler() {
+SenderTable::~SenderTable() {
   for (size_t i = 0; i < used_; i++) free(slots_[i].partial);
   free(slots_);
   free(buckets_);
-  free(pool_);
 }
 
 // FNV-1a over address and port: cheap, and good enough to spread the
 // senders of one subnet over the buckets.
-uint32_t Assembler::bucket(const in6_addr& addr, uint16_t port) const {
+uint32_t SenderTable::bucket(const in6_addr& addr, uint16_t port) const {
   uint32_t h = 2166136261u;
   for (unsigned char b : addr.s6_addr) h = (h ^ b) * 16777619u;
   h = (h ^ (port & 0xff)) * 16777619u;
@@ -402,31 +531,14 @@ uint32_t Assembler::bucket(const in6_addr& addr, uint16_t port) const {
   return h & bucket_mask_;
 }
 
-void Assembler::unhash(Sender* s) {
+void SenderTable::unhash(Sender* s) {
   int32_t* link = &buckets_[bucket(s->addr, s->port)];
   while (*link != index(s)) link = &slots_[*link].hash_next;
   *link = s->hash_next;
 }
 
-// A free slot, or the slot of the sender idle longest once the table is
-// full; that sender's partial line is written out first, nothing is lost.
-Sender* Assembler::take_slot(const timespec& when) {
-  if (used_ < opts_.clients) return &slots_[used_++];
-  Sender* s = &slots_[lru_.head];
-  if (s->partial_len > 0) write_partial(s, nullptr, 0, false);
-  drop_inflight(s, when, "as its sender's slot was reused (clients=)");
-  unhash(s);
-  lru_.unlink(slots_, index(s));
-  stats_.senders_reused++;
-  return s;
-}
-
-// Finds the sender, or makes it known; either way it becomes the most
-// recently heard.
-Sender* Assembler::lookup(const in6_addr& addr, uint16_t port,
-                          const timespec& when) {
-  uint32_t b = bucket(addr, port);
-  for (int32_t i = buckets_[b]; i >= 0; i = slots_[i].hash_next) {
+Sender* SenderTable::find(const in6_addr& addr, uint16_t port) {
+  for (int32_t i = buckets_[bucket(addr, port)]; i >= 0; i = slots_[i].hash_next) {
     Sender* s = &slots_[i];
     if (s->port == port && !memcmp(&s->addr, &addr, sizeof addr)) {
       if (lru_.tail != i) {
@@ -436,64 +548,120 @@ Sender* Assembler::lookup(const in6_addr& addr, uint16_t port,
       return s;
     }
   }
-  Sender* s = take_slot(when);
+  return nullptr;
+}
+
+// The slot keeps its partial-line buffer; everything else is the caller's
+// to reset.
+Sender* SenderTable::add(const in6_addr& addr, uint16_t port) {
+  Sender* s;
+  if (used_ < capacity_) {
+    s = &slots_[used_++];
+  } else {
+    s = idle_longest();
+    unhash(s);
+    lru_.unlink(slots_, index(s));
+  }
   s->addr = addr;
   s->port = port;
-  size_t n = format_sender(addr, port, s->prefix + 20);
-  s->prefix[20 + n] = ' ';
-  s->name_len = uint8_t(n + 1);
-  s->prefix_sec = -1;
-  s->partial_len = 0;
-  s->seq_known = s->msgid_known = s->seq_resumable = false;
-  s->release_len = 0;
-  for (int32_t& r : s->inflight) r = -1;
+  s->name_len = uint8_t(format_sender(addr, port, s->name));
+  uint32_t b = bucket(addr, port);
   s->hash_next = buckets_[b];
   buckets_[b] = index(s);
   lru_.append(slots_, index(s));
   return s;
 }
 
-// Copies text into the log, escaped unless escape=none.
-void Assembler::put_text(const char* p, size_t len) {
-  if (opts_.escape == Escape::hex) out_->copy_escaped(p, len);
-  else out_->copy(p, len);
+// ================================================================ assembly
+
+namespace {
+
+bool timespec_le(const timespec& a, const timespec& b) {
+  return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec <= b.tv_nsec);
 }
 
-// Writes one log line: prefix, then a (copied) and b (referenced in place,
-// followed by its newline when newline_in_b), then a newline if needed.
-void Assembler::write_line(Sender* s, time_t sec, const char* a, size_t alen,
+}  // namespace
+
+bool Assembler::init(const Options& opts, Output* out) {
+  opts_ = opts;
+  out_ = out;
+  lines_.init(opts, out, &stats_);
+  records_.init(&lines_, opts.wbuf, &stats_);
+  return table_.init(opts.clients) && nc_.init(opts.frags, opts.timeout, this, &stats_);
+}
+
+Assembler::~Assembler() {}
+
+void Assembler::datagram(const Datagram& d) {
+  if (d.kernel_drops >= 0) kernel_drops(uint32_t(d.kernel_drops), d.when);
+  stats_.datagrams++;
+  stats_.bytes += d.len;
+  if (d.len == 0) return;
+  Sender* s = sender_for(d.addr, d.port, d.when);
+  if (d.truncated) {
+    char text[96];
+    snprintf(text, sizeof text, "datagram cut to %zu bytes: larger than the receive slot", d.len);
+    sender_notice(s, d.when, text);
+  }
+  // A header counts only at the start of a line: a datagram that continues
+  // a partial line is text, whatever it looks like.
+  ExtHeader h;
+  if (opts_.ext == Ext::automatic && s->partial_len == 0 && parse_ext_header(d.data, d.len, &h))
+    nc_.feed(s, h, d.data, d.len, d.when);
+  else
+    join_text(s, d.data, d.len, d.when);
+}
+
+// The sender's slot.  A new sender in a full table takes the slot of the
+// one idle longest, whose pending text is written out first: nothing lost.
+Sender* Assembler::sender_for(const in6_addr& addr, uint16_t port, const timespec& when) {
+  Sender* s = table_.find(addr, port);
+  if (s) return s;
+  if (table_.full()) {
+    Sender* old = table_.idle_longest();
+    if (old->partial_len > 0) write_partial(old, nullptr, 0, false);
+    nc_.drop(old, when, "as its sender's slot was reused (clients=)");
+    stats_.senders_reused++;
+  }
+  s = table_.add(addr, port);
+  s->partial_len = 0;
+  nc_.forget(s);
+  return s;
+}
+
+// The kernel's count of datagrams dropped on the socket (SO_RXQ_OVFL,
+// cumulative, may wrap): a notice when it grew.
+void Assembler::kernel_drops(uint32_t total, const timespec& now) {
+  if (total == drops_seen_) return;
+  uint32_t dropped = total - drops_seen_;
+  drops_seen_ = total;
+  stats_.kernel_drops += dropped;
+  lines_.notice(nullptr, nullptr, 0, now,
+                "%u datagram%s dropped by the kernel: receive buffer full (rbuf=%lu)", dropped,
+                dropped == 1 ? "" : "s", opts_.rbuf);
+}
+
+// Writes one log line: a (copied) and b (referenced in place, followed by
+// its newline when newline_in_b), then a newline if needed.
+void Assembler::write_line(Sender* s, const timespec& when, const char* a, size_t alen,
                            const char* b, size_t blen, bool newline_in_b, bool b_clean) {
-  if (s->prefix_sec != sec) {
-    memcpy(s->prefix, stamps_.get(sec), 20);
-    s->prefix_sec = sec;
-  }
-  out_->copy(s->prefix, 20 + s->name_len);
-  put_text(a, alen);
-  if (opts_.escape == Escape::hex && !b_clean && any_escape(b, blen)) {
-    out_->copy_escaped(b, blen);
-    out_->copy("\n", 1);
-  } else if (newline_in_b) {
-    out_->ref(b, blen + 1);
-  } else {
-    out_->ref(b, blen);
-    out_->copy("\n", 1);
-  }
-  stats_.lines++;
+  lines_.begin(s->origin(), when);
+  lines_.text(a, alen);
+  lines_.end_with(b, blen, newline_in_b, b_clean);
 }
 
 // Writes the sender's partial line followed by rest, and forgets it.
 void Assembler::write_partial(Sender* s, const char* rest, size_t rest_len,
                               bool newline_in_rest) {
-  write_line(s, s->partial_time.tv_sec, s->partial, s->partial_len, rest,
-             rest_len, newline_in_rest);
+  write_line(s, s->partial_time, s->partial, s->partial_len, rest, rest_len, newline_in_rest,
+             false);
   s->partial_len = 0;
-  pending_.unlink(slots_, index(s));
+  pending_.unlink(table_.slots(), table_.index(s));
 }
 
 // Keeps bytes that have no newline yet.  The buffer grows (at most to
 // wbuf) only when this sender's partial line is longer than ever before.
-void Assembler::keep_partial(Sender* s, const char* p, size_t len,
-                             const timespec& when) {
+void Assembler::keep_partial(Sender* s, const char* p, size_t len, const timespec& when) {
   size_t need = s->partial_len + len;
   if (need > s->partial_cap) {
     size_t cap = s->partial_cap ? s->partial_cap : 256;
@@ -502,7 +670,7 @@ void Assembler::keep_partial(Sender* s, const char* p, size_t len,
     char* grown = static_cast<char*>(realloc(s->partial, cap));
     if (!grown) {  // out of memory: write the line now rather than lose it
       if (s->partial_len > 0) write_partial(s, p, len, false);
-      else write_line(s, when.tv_sec, nullptr, 0, p, len, false);
+      else write_line(s, when, nullptr, 0, p, len, false, false);
       return;
     }
     s->partial = grown;
@@ -510,33 +678,14 @@ void Assembler::keep_partial(Sender* s, const char* p, size_t len,
   }
   if (s->partial_len == 0) {
     s->partial_time = when;
-    pending_.append(slots_, index(s));
+    pending_.append(table_.slots(), table_.index(s));
   }
   memcpy(s->partial + s->partial_len, p, len);
   s->partial_len += uint32_t(len);
 }
 
-void Assembler::datagram(const in6_addr& addr, uint16_t port, const char* data,
-                         size_t len, const timespec& when) {
-  stats_.datagrams++;
-  stats_.bytes += len;
-  if (len == 0) return;
-  Sender* s = lookup(addr, port, when);
-  // A header counts only at the start of a line: a datagram that continues
-  // a partial line is text, whatever it looks like.
-  ExtHeader h;
-  if (opts_.ext == Ext::automatic && s->partial_len == 0 &&
-      parse_ext_header(data, len, &h)) {
-    check_release(s, h, when);
-    if (h.fragment) fragment(s, h, data, len, when);
-    else record(s, h, data, len, when);
-    return;
-  }
-  text(s, data, len, when);
-}
-
 // Plain text: joined into lines across datagrams, split at wbuf.
-void Assembler::text(Sender* s, const char* data, size_t len, const timespec& when) {
+void Assembler::join_text(Sender* s, const char* data, size_t len, const timespec& when) {
   const size_t wbuf = opts_.wbuf;
   const char* p = data;
   const char* end = data + len;
@@ -562,10 +711,10 @@ void Assembler::text(Sender* s, const char* data, size_t len, const timespec& wh
         p = end;
       }
     } else if (seg > wbuf) {
-      write_line(s, when.tv_sec, nullptr, 0, p, wbuf, false, clean);
+      write_line(s, when, nullptr, 0, p, wbuf, false, clean);
       p += wbuf;
     } else if (nl) {
-      write_line(s, when.tv_sec, nullptr, 0, p, seg, true, clean);
+      write_line(s, when, nullptr, 0, p, seg, true, clean);
       p = nl + 1;
     } else {
       keep_partial(s, p, seg, when);
@@ -576,32 +725,70 @@ void Assembler::text(Sender* s, const char* data, size_t len, const timespec& wh
 
 void Assembler::expire(const timespec& now, bool all) {
   while (pending_.head >= 0) {
-    Sender* s = &slots_[pending_.head];
+    Sender* s = &table_.slots()[pending_.head];
     timespec due = s->partial_time;
     due.tv_sec += opts_.timeout;
     if (!all && !timespec_le(due, now)) break;
     write_partial(s, nullptr, 0, false);
     stats_.lines_timed_out++;
   }
-  while (ages_.head >= 0) {
-    Reassembly* r = &pool_[ages_.head];
-    timespec due = r->first;
-    due.tv_sec += opts_.timeout;
-    if (!all && !timespec_le(due, now)) break;
-    finish(r, now, all ? "at exit" : "after timeout=");
-  }
+  nc_.expire(now, all);
 }
 
 timespec Assembler::next_deadline() const {
-  timespec due = {0, 0};
-  if (pending_.head >= 0) due = slots_[pending_.head].partial_time;
-  if (ages_.head >= 0 && (due.tv_sec == 0 || timespec_le(pool_[ages_.head].first, due)))
-    due = pool_[ages_.head].first;
-  if (due.tv_sec != 0) due.tv_sec += opts_.timeout;
+  timespec due = nc_.next_deadline();
+  if (pending_.head >= 0) {
+    timespec partial = table_.slots()[pending_.head].partial_time;
+    partial.tv_sec += opts_.timeout;
+    if (due.tv_sec == 0 || timespec_le(partial, due)) due = partial;
+  }
   return due;
 }
 
-// ====================================================== extended netconsole
+void Assembler::notice(const timespec& now, const char* fmt, ...) {
+  char text[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(text, sizeof text, fmt, ap);
+  va_end(ap);
+  lines_.notice(nullptr, nullptr, 0, now, "%s", text);
+}
+
+void Assembler::sender_notice(Sender* s, const timespec& when, const char* text) {
+  lines_.notice(&s->addr, s->name, s->name_len, when, "%s", text);
+}
+
+void Assembler::format_stats(char* buf, size_t len) const {
+  const Stats& t = stats_;
+  snprintf(buf, len,
+           "statistics: datagrams=%llu bytes=%llu lines=%llu records=%llu "
+           "fragments=%llu reassembled=%llu incomplete=%llu missing_by_seq=%llu "
+           "lost_in_transit=%llu kernel_drops=%llu duplicates=%llu malformed=%llu "
+           "timed_out=%llu senders=%zu reused=%llu",
+           (unsigned long long)t.datagrams, (unsigned long long)t.bytes,
+           (unsigned long long)t.lines, (unsigned long long)t.records,
+           (unsigned long long)t.fragments, (unsigned long long)t.reassembled,
+           (unsigned long long)t.incomplete, (unsigned long long)t.missing,
+           (unsigned long long)t.lost_in_transit, (unsigned long long)t.kernel_drops,
+           (unsigned long long)t.duplicates, (unsigned long long)t.malformed,
+           (unsigned long long)t.lines_timed_out, table_.size(),
+           (unsigned long long)t.senders_reused);
+}
+
+// What Netconsole hands back: a record is written as lines, a notice goes
+// to the sender's file, and text that was not a valid fragment after all
+// goes out as plain lines of its own.
+void Assembler::record(Sender* s, const ExtRecord& r) { records_.write(s->origin(), r); }
+
+void Assembler::notice(Sender* s, const timespec& when, const char* text) {
+  sender_notice(s, when, text);
+}
+
+void Assembler::text(Sender* s, const char* data, size_t len, const timespec& when) {
+  join_text(s, data, len, when);
+  if (s->partial_len > 0) write_partial(s, nullptr, 0, false);
+}
+// ============================================================== netconsole
 
 namespace {
 
@@ -715,131 +902,122 @@ size_t kernel_unescape(const char* src, size_t len, char* dst) {
   return w;
 }
 
-void Assembler::notice(const timespec& now, const char* fmt, ...) {
-  char text[512];
-  va_list ap;
-  va_start(ap, fmt);
-  int n = vsnprintf(text, sizeof text, fmt, ap);
-  va_end(ap);
-  if (n < 0) return;
-  size_t len = size_t(n) < sizeof text ? size_t(n) : sizeof text - 1;
-  out_->copy(stamps_.get(now.tv_sec), 20);
-  out_->copy("udplogger: ", 11);
-  out_->copy_escaped(text, len);
-  out_->copy("\n", 1);
+
+bool Netconsole::init(unsigned frags, unsigned timeout, NetconsoleEvents* out, Stats* stats) {
+  out_ = out;
+  stats_ = stats;
+  timeout_ = timeout;
+  frags_ = frags;
+  // Reassembly buffers: reserved now, resident only once used.
+  pool_ = static_cast<Reassembly*>(calloc(frags, sizeof(Reassembly)));
+  return pool_ != nullptr;
 }
 
-// A notice about one sender: "udplogger: IP:PORT: text".
-void Assembler::notice_sender(const timespec& now, Sender* s, const char* fmt, ...) {
+Netconsole::~Netconsole() { free(pool_); }
+
+void Netconsole::forget(Sender* s) {
+  NetconsoleState& n = s->nc;
+  n.seq_known = n.msgid_known = n.seq_resumable = false;
+  n.release_len = 0;
+  for (int32_t& r : n.inflight) r = -1;
+}
+
+void Netconsole::notice(Sender* s, const timespec& when, const char* fmt, ...) {
   char text[400];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(text, sizeof text, fmt, ap);
   va_end(ap);
-  notice(now, "%.*s: %s", int(s->name_len - 1), s->name(), text);
+  out_->notice(s, when, text);
 }
 
-void Assembler::kernel_drops(uint32_t total, const timespec& now) {
-  if (total == drops_seen_) return;
-  uint32_t dropped = total - drops_seen_;  // the counter may wrap
-  drops_seen_ = total;
-  stats_.kernel_drops += dropped;
-  notice(now, "%u datagram%s dropped by the kernel: receive buffer full (rbuf=%lu)",
-         dropped, dropped == 1 ? "" : "s", opts_.rbuf);
-}
-
-void Assembler::format_stats(char* buf, size_t len) const {
-  const Stats& t = stats_;
-  snprintf(buf, len,
-           "statistics: datagrams=%llu bytes=%llu lines=%llu records=%llu "
-           "fragments=%llu reassembled=%llu incomplete=%llu missing_by_seq=%llu "
-           "lost_in_transit=%llu kernel_drops=%llu duplicates=%llu malformed=%llu "
-           "timed_out=%llu senders=%zu reused=%llu",
-           (unsigned long long)t.datagrams, (unsigned long long)t.bytes,
-           (unsigned long long)t.lines, (unsigned long long)t.records,
-           (unsigned long long)t.fragments, (unsigned long long)t.reassembled,
-           (unsigned long long)t.incomplete, (unsigned long long)t.missing,
-           (unsigned long long)t.lost_in_transit, (unsigned long long)t.kernel_drops,
-           (unsigned long long)t.duplicates, (unsigned long long)t.malformed,
-           (unsigned long long)t.lines_timed_out, used_, (unsigned long long)t.senders_reused);
+void Netconsole::feed(Sender* s, const ExtHeader& h, const char* data, size_t len,
+                      const timespec& when) {
+  check_release(s, h, when);
+  if (h.fragment) fragment(s, h, data, len, when);
+  else record(s, h, data, len, when);
 }
 
 // Notes the kernel release when a sender first sends one or changes it.
-void Assembler::check_release(Sender* s, const ExtHeader& h, const timespec& when) {
+void Netconsole::check_release(Sender* s, const ExtHeader& h, const timespec& when) {
+  NetconsoleState& n = s->nc;
   if (h.release_len == 0 ||
-      (h.release_len == s->release_len && !memcmp(h.release, s->release, h.release_len)))
+      (h.release_len == n.release_len && !memcmp(h.release, n.release, h.release_len)))
     return;
-  if (s->release_len == 0)
-    notice_sender(when, s, "kernel release %.*s", int(h.release_len), h.release);
+  if (n.release_len == 0)
+    notice(s, when, "kernel release %.*s", int(h.release_len), h.release);
   else  // a new kernel: its records count from 0 again
-    notice_sender(when, s, "kernel release changed from %.*s to %.*s", int(s->release_len),
-                  s->release, int(h.release_len), h.release);
-  s->seq_known = s->msgid_known = false;
-  memcpy(s->release, h.release, h.release_len);
-  s->release_len = uint8_t(h.release_len);
+    notice(s, when, "kernel release changed from %.*s to %.*s", int(n.release_len), n.release,
+           int(h.release_len), h.release);
+  n.seq_known = n.msgid_known = false;
+  memcpy(n.release, h.release, h.release_len);
+  n.release_len = uint8_t(h.release_len);
 }
 
 // Tracks SEQ: reports gaps and restarts; true for a record seen before.
-bool Assembler::seen_before(Sender* s, uint64_t seq, const timespec& when) {
-  if (!s->seq_known) {
-    restart_seq(s, seq);
+bool Netconsole::seen_before(Sender* s, uint64_t seq, const timespec& when) {
+  NetconsoleState& n = s->nc;
+  if (!n.seq_known) {
+    restart_seq(&n, seq);
     return false;
   }
-  if (seq > s->last_seq) {
-    uint64_t gap = seq - s->last_seq - 1;
-    bool resumed = s->seq_resumable && seq == s->resume_seq + 1;  // it was a duplicate
+  if (seq > n.last_seq) {
+    uint64_t gap = seq - n.last_seq - 1;
+    bool resumed = n.seq_resumable && seq == n.resume_seq + 1;  // it was a duplicate
     if (gap > 0 && !resumed) {
-      stats_.missing += gap;
-      notice_sender(when, s, "%llu record%s not received: seq %llu..%llu; %s",
-                    (unsigned long long)gap, gap == 1 ? "" : "s",
-                    (unsigned long long)(s->last_seq + 1), (unsigned long long)(seq - 1),
-                    s->msgid_known ? "filtered by the sender's console loglevel"
-                                   : "lost on the way or filtered by the sender's console loglevel");
+      stats_->missing += gap;
+      notice(s, when, "%llu record%s not received: seq %llu..%llu; %s",
+             (unsigned long long)gap, gap == 1 ? "" : "s",
+             (unsigned long long)(n.last_seq + 1), (unsigned long long)(seq - 1),
+             n.msgid_known ? "filtered by the sender's console loglevel"
+                           : "lost on the way or filtered by the sender's console loglevel");
     }
-    uint64_t shift = seq - s->last_seq;
-    s->seq_window = shift >= 64 || resumed ? 1 : (s->seq_window << shift) | 1;
-    s->last_seq = seq;
-    s->seq_resumable = false;
+    uint64_t shift = seq - n.last_seq;
+    n.seq_window = shift >= 64 || resumed ? 1 : (n.seq_window << shift) | 1;
+    n.last_seq = seq;
+    n.seq_resumable = false;
     return false;
   }
-  uint64_t back = s->last_seq - seq;
-  if (back < 64 && seq >= s->first_seq && !(s->seq_window >> back & 1)) {
-    s->seq_window |= uint64_t(1) << back;  // a late record filling a gap
+  uint64_t back = n.last_seq - seq;
+  if (back < 64 && seq >= n.first_seq && !(n.seq_window >> back & 1)) {
+    n.seq_window |= uint64_t(1) << back;  // a late record filling a gap
     return false;
   }
-  if (back < 64 && seq >= s->first_seq) return true;
-  notice_sender(when, s, "sequence restarted at seq %llu after seq %llu: sender rebooted?",
-                (unsigned long long)seq, (unsigned long long)s->last_seq);
-  restart_seq(s, seq);
+  if (back < 64 && seq >= n.first_seq) return true;
+  notice(s, when, "sequence restarted at seq %llu after seq %llu: sender rebooted?",
+         (unsigned long long)seq, (unsigned long long)n.last_seq);
+  restart_seq(&n, seq);
   return false;
 }
 
 // Counts this sender's records from seq on, forgetting what came before.
-void Assembler::restart_seq(Sender* s, uint64_t seq) {
-  s->seq_known = true;
-  s->first_seq = s->last_seq = seq;
-  s->seq_window = 1;
-  s->seq_resumable = false;
-  s->msgid_known = false;
+void Netconsole::restart_seq(NetconsoleState* n, uint64_t seq) {
+  n->seq_known = true;
+  n->first_seq = n->last_seq = seq;
+  n->seq_window = 1;
+  n->seq_resumable = false;
+  n->msgid_known = false;
 }
 
 // A whole record whose SEQ was seen before: a sender that rebooted early
 // (its new records reuse the old numbers) or a duplicated datagram.  Either
 // way it is written, never dropped; if the old numbering continues next, it
 // was a duplicate and no gap is reported.
-void Assembler::seen_again(Sender* s, uint64_t seq, const timespec& when) {
-  notice_sender(when, s, "seq %llu again after seq %llu: sender restarted, or a duplicated "
-                "datagram", (unsigned long long)seq, (unsigned long long)s->last_seq);
-  uint64_t last = s->last_seq;
-  bool msgid_known = s->msgid_known;
-  restart_seq(s, seq);
-  s->msgid_known = msgid_known;
-  s->resume_seq = last;
-  s->seq_resumable = true;
+void Netconsole::seen_again(Sender* s, uint64_t seq, const timespec& when) {
+  NetconsoleState& n = s->nc;
+  notice(s, when, "seq %llu again after seq %llu: sender restarted, or a duplicated datagram",
+         (unsigned long long)seq, (unsigned long long)n.last_seq);
+  uint64_t last = n.last_seq;
+  bool msgid_known = n.msgid_known;
+  restart_seq(&n, seq);
+  n.msgid_known = msgid_known;
+  n.resume_seq = last;
+  n.seq_resumable = true;
 }
 
 // msgid= (newer kernels) counts messages sent: a gap is a loss in transit.
-void Assembler::check_msgid(Sender* s, const char* text, size_t len, const timespec& when) {
+void Netconsole::check_msgid(Sender* s, const char* text, size_t len, const timespec& when) {
+  NetconsoleState& n = s->nc;
   const char* dict = static_cast<const char*>(memchr(text, '\n', len));  // after the body
   if (!dict) return;
   const char* m = static_cast<const char*>(
@@ -848,98 +1026,91 @@ void Assembler::check_msgid(Sender* s, const char* text, size_t len, const times
   const char* p = m + 8;
   uint64_t id;
   if (!parse_decimal(&p, text + len, 20, &id)) return;
-  if (s->msgid_known && id > s->last_msgid + 1) {
-    uint64_t lost = id - s->last_msgid - 1;
-    stats_.lost_in_transit += lost;
-    notice_sender(when, s, "%llu record%s lost in transit: msgid %llu..%llu",
-                  (unsigned long long)lost, lost == 1 ? "" : "s",
-                  (unsigned long long)(s->last_msgid + 1), (unsigned long long)(id - 1));
+  if (n.msgid_known && id > n.last_msgid + 1) {
+    uint64_t lost = id - n.last_msgid - 1;
+    stats_->lost_in_transit += lost;
+    notice(s, when, "%llu record%s lost in transit: msgid %llu..%llu", (unsigned long long)lost,
+           lost == 1 ? "" : "s", (unsigned long long)(n.last_msgid + 1),
+           (unsigned long long)(id - 1));
   }
-  if (!s->msgid_known || id > s->last_msgid) s->last_msgid = id;
-  s->msgid_known = true;
-}
-
-// Text that must go out on its own, as plain lines.
-void Assembler::text_whole(Sender* s, const char* data, size_t len, const timespec& when) {
-  text(s, data, len, when);
-  if (s->partial_len > 0) write_partial(s, nullptr, 0, false);
+  if (!n.msgid_known || id > n.last_msgid) n.last_msgid = id;
+  n.msgid_known = true;
 }
 
 // A whole record in one datagram.
-void Assembler::record(Sender* s, const ExtHeader& h, const char* data, size_t len,
-                       const timespec& when) {
+void Netconsole::record(Sender* s, const ExtHeader& h, const char* data, size_t len,
+                        const timespec& when) {
   if (seen_before(s, h.seq, when)) seen_again(s, h.seq, when);
   const char* body = data + h.body;
-  size_t n = len - h.body;
+  uint32_t n = uint32_t(len - h.body);
   check_msgid(s, body, n, when);
-  rec_begin(s, h.pri, h.usec, when.tv_sec);
-  rec_text(body, n);
-  rec_end();
-  stats_.records++;
+  stats_->records++;
+  out_->record(s, ExtRecord{h.pri, h.usec, when, body, n, nullptr});
 }
 
 // One fragment: kept until its record is whole or times out.
-void Assembler::fragment(Sender* s, const ExtHeader& h, const char* data, size_t len,
-                         const timespec& when) {
-  stats_.fragments++;
+void Netconsole::fragment(Sender* s, const ExtHeader& h, const char* data, size_t len,
+                          const timespec& when) {
+  stats_->fragments++;
   const char* payload = data + h.body;
   size_t n = len - h.body;
   if (h.frag_total == 0 || h.frag_total > kRecordMax || h.frag_off >= h.frag_total ||
       n > h.frag_total - h.frag_off || n == 0) {
-    stats_.malformed++;
-    notice_sender(when, s, "malformed fragment (seq %llu, ncfrag=%u/%u, %zu bytes): "
-                  "written as text", (unsigned long long)h.seq, h.frag_off, h.frag_total, n);
-    text_whole(s, data, len, when);
+    stats_->malformed++;
+    notice(s, when, "malformed fragment (seq %llu, ncfrag=%u/%u, %zu bytes): written as text",
+           (unsigned long long)h.seq, h.frag_off, h.frag_total, n);
+    out_->text(s, data, len, when);
     return;
   }
-  for (int32_t idx : s->inflight) {
+  for (int32_t idx : s->nc.inflight) {
     if (idx >= 0 && pool_[idx].seq == h.seq && pool_[idx].total != h.frag_total) {
-      stats_.malformed++;
-      notice_sender(when, s, "fragment of seq %llu says %u bytes in all, earlier ones %u: "
-                    "written as text", (unsigned long long)h.seq, h.frag_total, pool_[idx].total);
-      text_whole(s, data, len, when);
+      stats_->malformed++;
+      notice(s, when, "fragment of seq %llu says %u bytes in all, earlier ones %u: "
+             "written as text", (unsigned long long)h.seq, h.frag_total, pool_[idx].total);
+      out_->text(s, data, len, when);
       return;
     }
   }
   Reassembly* r = reassembly_for(s, h, when);
   if (!r) {  // its record was written already
-    stats_.duplicates++;
-    notice_sender(when, s, "late or duplicate fragment of seq %llu (ncfrag=%u/%u) ignored: "
-                  "its record was written already", (unsigned long long)h.seq, h.frag_off,
-                  h.frag_total);
+    stats_->duplicates++;
+    notice(s, when, "late or duplicate fragment of seq %llu (ncfrag=%u/%u) ignored: "
+           "its record was written already", (unsigned long long)h.seq, h.frag_off,
+           h.frag_total);
     return;
   }
   memcpy(r->data + h.frag_off, payload, n);
   r->have += mark_received(r->got, h.frag_off, h.frag_off + uint32_t(n));
   if (r->have == r->total) {
-    stats_.reassembled++;
+    stats_->reassembled++;
     finish(r, when, nullptr);
   }
 }
 
 // The reassembly of this fragment's record: found, or started (making
 // room if needed); null when the record was written already.
-Reassembly* Assembler::reassembly_for(Sender* s, const ExtHeader& h, const timespec& when) {
+Reassembly* Netconsole::reassembly_for(Sender* s, const ExtHeader& h, const timespec& when) {
+  int32_t* inflight = s->nc.inflight;
   int oldest = -1;
   for (int i = 0; i < kInflightPerSender; i++) {
-    if (s->inflight[i] < 0) continue;
-    Reassembly* r = &pool_[s->inflight[i]];
+    if (inflight[i] < 0) continue;
+    Reassembly* r = &pool_[inflight[i]];
     if (r->seq == h.seq && r->total == h.frag_total) return r;
-    if (oldest < 0 || timespec_le(r->first, pool_[s->inflight[oldest]].first)) oldest = i;
+    if (oldest < 0 || timespec_le(r->first, pool_[inflight[oldest]].first)) oldest = i;
   }
   if (seen_before(s, h.seq, when)) return nullptr;
   int free_slot = -1;
   for (int i = 0; i < kInflightPerSender && free_slot < 0; i++)
-    if (s->inflight[i] < 0) free_slot = i;
+    if (inflight[i] < 0) free_slot = i;
   if (free_slot < 0) {
     free_slot = oldest;
-    finish(&pool_[s->inflight[oldest]], when, "with newer records of its sender in reassembly");
+    finish(&pool_[inflight[oldest]], when, "with newer records of its sender in reassembly");
   }
   int32_t idx;
   if (free_head_ >= 0) {
     idx = free_head_;
     free_head_ = pool_[idx].age_next;
-  } else if (pool_used_ < opts_.frags) {
+  } else if (pool_used_ < frags_) {
     idx = int32_t(pool_used_++);
   } else {
     idx = ages_.head;
@@ -947,7 +1118,7 @@ Reassembly* Assembler::reassembly_for(Sender* s, const ExtHeader& h, const times
     free_head_ = pool_[idx].age_next;
   }
   Reassembly* r = &pool_[idx];
-  r->sender = index(s);
+  r->sender = s;
   r->seq = h.seq;
   r->usec = h.usec;
   r->pri = h.pri;
@@ -956,128 +1127,143 @@ Reassembly* Assembler::reassembly_for(Sender* s, const ExtHeader& h, const times
   r->first = when;
   memset(r->got, 0, (r->total + 7) / 8);
   ages_.append(pool_, idx);
-  s->inflight[free_slot] = idx;
+  inflight[free_slot] = idx;
   return r;
 }
 
 // Unlinks a reassembly from the age list and its sender; puts it on the
 // free list.
-void Assembler::release_reassembly(Reassembly* r) {
+void Netconsole::release(Reassembly* r) {
   int32_t idx = int32_t(r - pool_);
   ages_.unlink(pool_, idx);
-  for (int32_t& i : slots_[r->sender].inflight)
+  for (int32_t& i : r->sender->nc.inflight)
     if (i == idx) i = -1;
-  r->sender = -1;
+  r->sender = nullptr;
   r->age_next = free_head_;
   free_head_ = idx;
 }
 
-// Writes a reassembled record; one with bytes missing gets a notice first
-// and a mark where each gap is.
-void Assembler::finish(Reassembly* r, const timespec& now, const char* why) {
-  Sender* s = &slots_[r->sender];
-  if (r->have < r->total) {
-    stats_.incomplete++;
-    notice_sender(now, s, "record seq %llu incomplete %s: %u of %u bytes missing",
-                  (unsigned long long)r->seq, why, r->total - r->have, r->total);
+// Hands back a reassembled record; one with bytes missing gets a notice
+// first and is handed back with its gaps.
+void Netconsole::finish(Reassembly* r, const timespec& now, const char* why) {
+  Sender* s = r->sender;
+  bool whole = r->have == r->total;
+  if (!whole) {
+    stats_->incomplete++;
+    notice(s, now, "record seq %llu incomplete %s: %u of %u bytes missing",
+           (unsigned long long)r->seq, why, r->total - r->have, r->total);
   } else {
     check_msgid(s, r->data, r->total, now);
   }
-  rec_begin(s, r->pri, r->usec, r->first.tv_sec);
-  uint32_t i = r->have == r->total ? r->total : 0;
-  if (i) rec_text(r->data, r->total);
-  while (i < r->total) {
-    bool have = r->got[i >> 3] >> (i & 7) & 1;
-    uint32_t j = i;
-    while (j < r->total && bool(r->got[j >> 3] >> (j & 7) & 1) == have) j++;
-    if (have) rec_text(r->data + i, j - i);
-    else rec_gap(j - i);
-    i = j;
-  }
-  rec_end();
-  stats_.records++;
-  release_reassembly(r);
+  stats_->records++;
+  out_->record(s, ExtRecord{r->pri, r->usec, r->first, r->data, r->total, whole ? nullptr : r->got});
+  release(r);
 }
 
-void Assembler::drop_inflight(Sender* s, const timespec& now, const char* why) {
-  for (int32_t idx : s->inflight)
+void Netconsole::drop(Sender* s, const timespec& now, const char* why) {
+  for (int32_t idx : s->nc.inflight)
     if (idx >= 0) finish(&pool_[idx], now, why);
 }
 
-// ------------------------------------------------- writing one record
+void Netconsole::expire(const timespec& now, bool all) {
+  while (ages_.head >= 0) {
+    Reassembly* r = &pool_[ages_.head];
+    timespec due = r->first;
+    due.tv_sec += timeout_;
+    if (!all && !timespec_le(due, now)) break;
+    finish(r, now, all ? "at exit" : "after timeout=");
+  }
+}
 
-// Starts a record: "time sender " for dictionary lines, plus
-// "<pri>[sssss.uuuuuu] " (the dmesg -r form) for text lines.
-void Assembler::rec_begin(Sender* s, unsigned pri, uint64_t usec, time_t sec) {
-  RecordLine& l = rl_;
-  memcpy(l.prefix, stamps_.get(sec), 20);
-  memcpy(l.prefix + 20, s->name(), s->name_len);
-  l.stamp_len = 20 + s->name_len;
-  int n = snprintf(l.prefix + l.stamp_len, sizeof l.prefix - l.stamp_len, "<%u>[%5llu.%06llu] ",
-                   pri, (unsigned long long)(usec / 1000000), (unsigned long long)(usec % 1000000));
-  l.prefix_len = l.stamp_len + size_t(n);
-  l.in_body = true;
-  l.open = false;
-  l.line_bytes = 0;
-  l.esc_len = 0;
+timespec Netconsole::next_deadline() const {
+  if (ages_.head < 0) return timespec{0, 0};
+  timespec due = pool_[ages_.head].first;
+  due.tv_sec += timeout_;
+  return due;
+}
+
+// ------------------------------------------------------------ RecordWriter
+
+void RecordWriter::write(const Origin& o, const ExtRecord& r) {
+  origin_ = o;
+  when_ = r.when;
+  int n = snprintf(head_, sizeof head_, "<%u>[%5llu.%06llu] ", r.pri,
+                   (unsigned long long)(r.usec / 1000000), (unsigned long long)(r.usec % 1000000));
+  head_len_ = size_t(n);
+  in_body_ = true;
+  open_ = false;
+  line_bytes_ = 0;
+  esc_len_ = 0;
+  uint32_t i = r.got ? 0 : r.len;
+  if (!r.got) text(r.data, r.len);
+  while (i < r.len) {  // runs of bytes received and gaps
+    bool have = r.got[i >> 3] >> (i & 7) & 1;
+    uint32_t j = i;
+    while (j < r.len && bool(r.got[j >> 3] >> (j & 7) & 1) == have) j++;
+    if (have) text(r.data + i, j - i);
+    else gap(j - i);
+    i = j;
+  }
+  flush_escape();
+  if (open_) newline();
+}
+
+// Text lines carry "<pri>[sssss.uuuuuu] ", dictionary lines only their text.
+void RecordWriter::open_line() {
+  lines_->begin(origin_, when_);
+  if (in_body_) lines_->text(head_, head_len_);
+  open_ = true;
 }
 
 // Writes decoded bytes into the current line, opening it (and starting a
 // new one at wbuf) as needed.
-void Assembler::rec_put(const char* p, size_t len) {
-  RecordLine& l = rl_;
+void RecordWriter::put(const char* p, size_t len) {
   while (len > 0) {
-    if (!l.open) {
-      out_->copy(l.prefix, l.in_body ? l.prefix_len : l.stamp_len);
-      l.open = true;
-    }
-    size_t room = opts_.wbuf - l.line_bytes;
+    if (!open_) open_line();
+    size_t room = wbuf_ - line_bytes_;
     if (room == 0) {
-      rec_newline();
+      newline();
       continue;
     }
     size_t n = len < room ? len : room;
-    put_text(p, n);
-    l.line_bytes += n;
+    lines_->text(p, n);
+    line_bytes_ += n;
     p += n;
     len -= n;
   }
 }
 
-void Assembler::rec_newline() {
-  RecordLine& l = rl_;
-  if (!l.open) out_->copy(l.prefix, l.in_body ? l.prefix_len : l.stamp_len);
-  out_->copy("\n", 1);
-  l.open = false;
-  l.line_bytes = 0;
-  stats_.lines++;
+void RecordWriter::newline() {
+  if (!open_) open_line();
+  lines_->end();
+  open_ = false;
+  line_bytes_ = 0;
 }
 
 // An escape cut short (by a gap or the end) is written as it came.
-void Assembler::rec_flush_escape() {
-  size_t n = rl_.esc_len;
-  rl_.esc_len = 0;
-  if (n > 0) rec_put(rl_.esc, n);
+void RecordWriter::flush_escape() {
+  size_t n = esc_len_;
+  esc_len_ = 0;
+  if (n > 0) put(esc_, n);
 }
 
 // Feeds kernel-escaped record text: \xNN is decoded, a decoded newline
 // starts a new text line, a raw newline ends the body (dictionary follows).
-void Assembler::rec_text(const char* p, size_t len) {
-  RecordLine& l = rl_;
+void RecordWriter::text(const char* p, size_t len) {
   const char* end = p + len;
   while (p < end) {
-    if (l.esc_len > 0) {
-      bool ok = l.esc_len == 1 ? *p == 'x' : hex_value(*p) >= 0;
+    if (esc_len_ > 0) {
+      bool ok = esc_len_ == 1 ? *p == 'x' : hex_value(*p) >= 0;
       if (!ok) {
-        rec_flush_escape();
+        flush_escape();
         continue;
       }
-      l.esc[l.esc_len++] = *p++;
-      if (l.esc_len == 4) {
-        char c = char(hex_value(l.esc[2]) << 4 | hex_value(l.esc[3]));
-        l.esc_len = 0;
-        if (c == '\n') rec_newline();
-        else rec_put(&c, 1);
+      esc_[esc_len_++] = *p++;
+      if (esc_len_ == 4) {
+        char c = char(hex_value(esc_[2]) << 4 | hex_value(esc_[3]));
+        esc_len_ = 0;
+        if (c == '\n') newline();
+        else put(&c, 1);
       }
       continue;
     }
@@ -1086,39 +1272,288 @@ void Assembler::rec_text(const char* p, size_t len) {
     const char* nl = static_cast<const char*>(memchr(p, '\n', size_t(q - p)));
     if (nl) q = nl;
     if (q > p) {
-      rec_put(p, size_t(q - p));
+      put(p, size_t(q - p));
       p = q;
     } else if (*p == '\\') {
-      l.esc[0] = '\\';
-      l.esc_len = 1;
+      esc_[0] = '\\';
+      esc_len_ = 1;
       p++;
     } else {
-      if (l.open || l.in_body) rec_newline();
-      l.in_body = false;
+      if (open_ || in_body_) newline();
+      in_body_ = false;
       p++;
     }
   }
 }
 
-void Assembler::rec_gap(size_t missing) {
-  rec_flush_escape();
+void RecordWriter::gap(size_t missing) {
+  flush_escape();
   char mark[48];
   int n = snprintf(mark, sizeof mark, "[... %zu bytes missing ...]", missing);
-  rec_put(mark, size_t(n));
-}
-
-void Assembler::rec_end() {
-  rec_flush_escape();
-  if (rl_.open) rec_newline();
+  put(mark, size_t(n));
 }
 
 }  // namespace ul
 
 // =================================================================== shell
-#ifndef UDPLOGGER_NO_MAIN
+namespace ul {
 namespace {
 
-using namespace ul;
+void warn(const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fputs("udplogger: ", stderr);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------- sinks
+
+bool open_log_dir(const char* dir, unsigned perm, LogDir* d, char* why, size_t whylen) {
+  d->perm = perm;
+  if (!realpath(dir, d->path) ||
+      (d->fd = open(d->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+    snprintf(why, whylen, "cannot use log directory %s: %s", dir, strerror(errno));
+    return false;
+  }
+  return true;
+}
+
+int open_log_file(int dirfd, const char* name, unsigned perm, char* why, size_t whylen) {
+  const int flags = O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
+  bool created = true;
+  int fd = openat(dirfd, name, flags | O_CREAT | O_EXCL, perm);
+  if (fd < 0 && errno == EEXIST) {
+    created = false;
+    fd = openat(dirfd, name, flags);
+  }
+  if (fd < 0) {
+    snprintf(why, whylen, "%s", errno == ELOOP ? "is a symbolic link" :
+             errno == ENXIO ? "is not a regular file" : strerror(errno));
+    return -1;
+  }
+  struct stat st;
+  if (fstat(fd, &st) < 0) {
+    snprintf(why, whylen, "%s", strerror(errno));
+  } else if (!S_ISREG(st.st_mode)) {
+    snprintf(why, whylen, "is not a regular file");
+  } else if (st.st_mode & 0111) {
+    snprintf(why, whylen, "is executable (mode %04o); refusing to append to it",
+             unsigned(st.st_mode & 07777));
+  } else if (created && fchmod(fd, perm) < 0) {
+    snprintf(why, whylen, "cannot set mode %04o: %s", perm, strerror(errno));
+  } else if (fcntl(fd, F_SETFL, O_WRONLY | O_APPEND) < 0) {  // writes may block again
+    snprintf(why, whylen, "%s", strerror(errno));
+  } else {
+    return fd;
+  }
+  close(fd);
+  return -1;
+}
+
+namespace {
+
+// Writes all of iov to fd: short writes continue, an error is counted and
+// said once per kind, so a full disk does not flood stderr.  False on an
+// error, with errno set.
+bool write_all(int fd, const iovec* iov, int iovcnt, WriteErrors* e, const char* dir,
+               const char* name) {
+  iovec rest[1024];
+  memcpy(rest, iov, sizeof(iovec) * size_t(iovcnt));
+  iovec* v = rest;
+  while (iovcnt > 0) {
+    ssize_t w = writev(fd, v, iovcnt);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      int err = errno;
+      for (int i = 0; i < iovcnt; i++) e->bytes_lost += v[i].iov_len;
+      if (err != e->last_errno)
+        warn("cannot write %s%s%s: %s (%llu bytes lost so far)", dir, *dir ? "/" : "", name,
+             strerror(err), static_cast<unsigned long long>(e->bytes_lost));
+      e->last_errno = err;
+      errno = err;
+      return false;
+    }
+    e->last_errno = 0;
+    size_t done = size_t(w);
+    while (iovcnt > 0 && done >= v->iov_len) {
+      done -= v->iov_len;
+      v++;
+      iovcnt--;
+    }
+    if (iovcnt > 0) {
+      v->iov_base = static_cast<char*>(v->iov_base) + done;
+      v->iov_len -= done;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+bool DailyFile::open(const LogDir* dir, time_t now, char* why, size_t whylen) {
+  dir_ = dir;
+  char reason[256];
+  if (switch_to(now, reason, sizeof reason)) return true;
+  char name[16];
+  log_file_name(now, name);
+  snprintf(why, whylen, "cannot open log file %s/%s: %s", dir->path, name, reason);
+  return false;
+}
+
+DailyFile::~DailyFile() {
+  if (fd_ >= 0) close(fd_);
+}
+
+// Points the log at the file for the local date of `now`; on failure keeps
+// the current file (if any) and returns false with *why set.
+bool DailyFile::switch_to(time_t now, char* why, size_t whylen) {
+  char name[16];
+  log_file_name(now, name);
+  int fd = open_log_file(dir_->fd, name, dir_->perm, why, whylen);
+  if (fd < 0) return false;
+  if (fd_ >= 0) close(fd_);
+  fd_ = fd;
+  memcpy(name_, name, sizeof name);
+  next_switch_ = next_local_midnight(now);
+  return true;
+}
+
+void DailyFile::write(const in6_addr*, const iovec* iov, int iovcnt) {
+  write_all(fd_, iov, iovcnt, &errors_, dir_->path, name_);
+}
+
+// At local midnight: the new day's file, or (if it cannot be opened) the
+// current one and a message saying why, as udplogger 1.1 did.
+void DailyFile::tick(time_t now) {
+  if (now < next_switch_) return;
+  char why[256];
+  if (switch_to(now, why, sizeof why)) return;
+  char name[16];
+  log_file_name(now, name);
+  warn("cannot switch to log file %s/%s: %s; still writing %s", dir_->path, name, why, name_);
+  next_switch_ = now + 60;  // try again in a minute
+}
+
+void DailyFile::reopen(time_t now) {
+  char why[256];
+  if (!switch_to(now, why, sizeof why))
+    warn("SIGHUP: cannot reopen log file: %s; still writing %s/%s", why, dir_->path, name_);
+}
+
+bool HostFiles::open(const LogDir* dir, unsigned files, time_t now, char* why, size_t whylen) {
+  dir_ = dir;
+  today_ = now;
+  capacity_ = files;
+  open_ = static_cast<HostFile*>(calloc(files, sizeof(HostFile)));
+  if (!open_) {
+    snprintf(why, whylen, "out of memory for files=%u", files);
+    return false;
+  }
+  for (unsigned i = 0; i < files; i++) open_[i].fd = -1;
+  return daemon_.open(dir, now, why, whylen);
+}
+
+HostFiles::~HostFiles() {
+  if (open_) close_all();
+  free(open_);
+}
+
+void HostFiles::close_all() {
+  for (unsigned i = 0; i < capacity_; i++) {
+    if (open_[i].fd >= 0) close(open_[i].fd);
+    open_[i].fd = -1;
+  }
+}
+
+unsigned HostFiles::open_files() const {
+  unsigned n = 0;
+  for (unsigned i = 0; i < capacity_; i++) n += open_[i].fd >= 0;
+  return n;
+}
+
+// The open file of host, or DIR/ADDR/YYYY-MM-DD.log opened in the slot of
+// the least recently written one; -1 (said on stderr) when it cannot be.
+int HostFiles::file_for(const in6_addr& host) {
+  HostFile* slot = &open_[0];
+  for (unsigned i = 0; i < capacity_; i++) {
+    HostFile* f = &open_[i];
+    if (f->fd >= 0 && !memcmp(&f->host, &host, sizeof host)) {
+      f->last_used = ++uses_;
+      return f->fd;
+    }
+    if (slot->fd >= 0 && (f->fd < 0 || f->last_used < slot->last_used)) slot = f;
+  }
+  if (slot->fd >= 0) close(slot->fd);
+  slot->fd = -1;
+  char addr[kHostNameMax], name[16], why[256];
+  format_host(host, addr);
+  log_file_name(today_, name);
+  bool created = mkdirat(dir_->fd, addr, 0750) == 0;
+  int dirfd = openat(dir_->fd, addr, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (dirfd < 0) {
+    snprintf(why, sizeof why, "%s", errno == ELOOP || errno == ENOTDIR
+                                        ? "is not a directory (or is a symbolic link)"
+                                        : strerror(errno));
+  } else if (created && fchmod(dirfd, 0750) < 0) {
+    snprintf(why, sizeof why, "cannot set mode 0750: %s", strerror(errno));
+  } else {
+    slot->fd = open_log_file(dirfd, name, dir_->perm, why, sizeof why);
+  }
+  if (dirfd >= 0) close(dirfd);
+  if (slot->fd < 0) {
+    warn("cannot open log file %s/%s/%s: %s; its lines go to %s/%s", dir_->path, addr, name,
+         why, dir_->path, daemon_.name());
+    return -1;
+  }
+  slot->host = host;
+  slot->last_used = ++uses_;
+  return slot->fd;
+}
+
+// A host whose file cannot be opened has its lines in the daemon's file:
+// they carry the sender, and nothing is lost.
+void HostFiles::write(const in6_addr* host, const iovec* iov, int iovcnt) {
+  int fd = host ? file_for(*host) : -1;
+  if (fd < 0) {
+    daemon_.write(nullptr, iov, iovcnt);
+    return;
+  }
+  char addr[kHostNameMax];
+  format_host(*host, addr);
+  write_all(fd, iov, iovcnt, &errors_, dir_->path, addr);
+}
+
+// Host files are named after the day they are opened in: at midnight they
+// are closed, and reopened under the new name when next written.
+void HostFiles::tick(time_t now) {
+  if (now < daemon_.next_switch()) return;
+  daemon_.tick(now);
+  close_all();
+  today_ = now;
+}
+
+void HostFiles::reopen(time_t now) {
+  daemon_.reopen(now);
+  close_all();
+  today_ = now;
+}
+
+void StdoutSink::write(const in6_addr*, const iovec* iov, int iovcnt) {
+  if (gone_) return;
+  if (!write_all(STDOUT_FILENO, iov, iovcnt, &errors_, "", "standard output") && errno == EPIPE)
+    gone_ = true;
+}
+
+}  // namespace ul
+
+// The rest of the shell is the daemon itself; the tests run it as a process.
+#ifndef UDPLOGGER_NO_MAIN
+namespace ul {
+namespace {
 
 constexpr int kBatch = 64;             // datagrams per recvmmsg
 constexpr size_t kSlotBytes = 65536;   // room for the largest UDP datagram
@@ -1136,22 +1571,13 @@ constexpr long kCoalesceMaxNs = 5000000;  // a batch gathers for up to 5 ms, und
   exit(1);
 }
 
-void warn(const char* fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  fputs("udplogger: ", stderr);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
-  va_end(ap);
-}
-
-timespec now_realtime() {
+timespec wall_clock() {
   timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return ts;
 }
 
-// ------------------------------------------------------------------ socket
+// ---------------------------------------------------------------- listener
 
 struct Listener {
   int fd = -1;
@@ -1160,17 +1586,29 @@ struct Listener {
   int rbuf_granted = 0;
 };
 
-// Creates, tunes and binds the UDP socket; every failure is fatal and
-// names the address.
-void open_listener(const Options& o, Listener* l) {
+// Formats a socket address as "a.b.c.d:port" or "[v6]:port".
+void describe_address(const sockaddr_storage& ss, char* out, size_t len) {
+  char text[INET6_ADDRSTRLEN] = "?";
+  if (ss.ss_family == AF_INET) {
+    const auto& sin = reinterpret_cast<const sockaddr_in&>(ss);
+    inet_ntop(AF_INET, &sin.sin_addr, text, sizeof text);
+    snprintf(out, len, "%s:%u", text, unsigned(ntohs(sin.sin_port)));
+  } else {
+    const auto& sin6 = reinterpret_cast<const sockaddr_in6&>(ss);
+    inet_ntop(AF_INET6, &sin6.sin6_addr, text, sizeof text);
+    snprintf(out, len, "[%s]:%u", text, unsigned(ntohs(sin6.sin6_port)));
+  }
+}
+
+// Creates and binds the UDP socket for ip= and port=; every failure is
+// fatal and names the address.
+void create_listener(const Options& o, Listener* l) {
   sockaddr_storage ss = {};
-  socklen_t sslen;
-  int family = AF_INET6;
   auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
   auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
   const char* ip = o.ip ? o.ip : "::";
-  if (inet_pton(AF_INET, ip, &sin->sin_addr) == 1) family = AF_INET;
-  else inet_pton(AF_INET6, ip, &sin6->sin6_addr);
+  int family = inet_pton(AF_INET, ip, &sin->sin_addr) == 1 ? AF_INET : AF_INET6;
+  if (family == AF_INET6) inet_pton(AF_INET6, ip, &sin6->sin6_addr);
   l->fd = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (l->fd < 0 && family == AF_INET6 && !o.ip && errno == EAFNOSUPPORT) {
     family = AF_INET;  // IPv6 disabled on this host: IPv4 only
@@ -1178,22 +1616,27 @@ void open_listener(const Options& o, Listener* l) {
     sin->sin_addr.s_addr = htonl(INADDR_ANY);
     l->fd = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   }
-  snprintf(l->where, sizeof l->where, family == AF_INET6 ? "[%s]:%u" : "%s:%u",
-           ip, o.port);
+  snprintf(l->where, sizeof l->where, family == AF_INET6 ? "[%s]:%u" : "%s:%u", ip, o.port);
   if (l->fd < 0) die("cannot create UDP socket for %s: %s", l->where, strerror(errno));
+  socklen_t sslen = sizeof *sin;
   if (family == AF_INET6) {
     sin6->sin6_family = AF_INET6;
     sin6->sin6_port = htons(uint16_t(o.port));
     sslen = sizeof *sin6;
     int v6only = IN6_IS_ADDR_UNSPECIFIED(&sin6->sin6_addr) ? 0 : 1;
-    l->dual_stack = !v6only;
     if (setsockopt(l->fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only) < 0)
       die("cannot set IPV6_V6ONLY on %s: %s", l->where, strerror(errno));
   } else {
     sin->sin_family = AF_INET;
     sin->sin_port = htons(uint16_t(o.port));
-    sslen = sizeof *sin;
   }
+  if (bind(l->fd, reinterpret_cast<sockaddr*>(&ss), sslen) < 0)
+    die("cannot bind UDP %s: %s", l->where, strerror(errno));
+}
+
+// Sets what the loop relies on: the receive buffer, kernel arrival times
+// and the drop counter.  Works on any UDP socket, made here or handed in.
+void tune_listener(const Options& o, Listener* l) {
   int rbuf = int(o.rbuf);
   if (setsockopt(l->fd, SOL_SOCKET, SO_RCVBUFFORCE, &rbuf, sizeof rbuf) < 0 &&
       setsockopt(l->fd, SOL_SOCKET, SO_RCVBUF, &rbuf, sizeof rbuf) < 0)
@@ -1205,104 +1648,19 @@ void open_listener(const Options& o, Listener* l) {
       setsockopt(l->fd, SOL_SOCKET, SO_TIMESTAMP, &on, sizeof on) < 0)
     die("cannot ask for receive timestamps on %s: %s", l->where, strerror(errno));
   setsockopt(l->fd, SOL_SOCKET, SO_RXQ_OVFL, &on, sizeof on);  // best effort
-  if (bind(l->fd, reinterpret_cast<sockaddr*>(&ss), sslen) < 0)
-    die("cannot bind UDP %s: %s", l->where, strerror(errno));
 }
 
-// --------------------------------------------------------------- log files
-
-struct LogFile {
-  int dirfd = -1;
-  int fd = -1;
-  char dir[PATH_MAX];
-  char name[16];
-  unsigned perm = 0600;
-  time_t next_switch = 0;
-  uint64_t bytes_lost = 0;  // bytes writev could not write
-  int last_errno = 0;
-};
-
-// Opens dir/name for appending without following links or blocking on a
-// FIFO, and refuses anything but a non-executable regular file.  A file it
-// creates gets exactly `perm`, whatever the umask.  Returns -1 with *why set.
-int open_log_file(const LogFile& lf, const char* name, char* why, size_t whylen) {
-  const int flags = O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
-  bool created = true;
-  int fd = openat(lf.dirfd, name, flags | O_CREAT | O_EXCL, lf.perm);
-  if (fd < 0 && errno == EEXIST) {
-    created = false;
-    fd = openat(lf.dirfd, name, flags);
-  }
-  if (fd < 0) {
-    snprintf(why, whylen, "%s", errno == ELOOP ? "is a symbolic link" :
-             errno == ENXIO ? "is not a regular file" : strerror(errno));
-    return -1;
-  }
-  struct stat st;
-  if (fstat(fd, &st) < 0) {
-    snprintf(why, whylen, "%s", strerror(errno));
-  } else if (!S_ISREG(st.st_mode)) {
-    snprintf(why, whylen, "is not a regular file");
-  } else if (st.st_mode & 0111) {
-    snprintf(why, whylen, "is executable (mode %04o); refusing to append to it",
-             unsigned(st.st_mode & 07777));
-  } else if (created && fchmod(fd, lf.perm) < 0) {
-    snprintf(why, whylen, "cannot set mode %04o: %s", lf.perm, strerror(errno));
-  } else if (fcntl(fd, F_SETFL, O_WRONLY | O_APPEND) < 0) {  // writes may block again
-    snprintf(why, whylen, "%s", strerror(errno));
-  } else {
-    return fd;
-  }
-  close(fd);
-  return -1;
-}
-
-// Points the log at the file for the local date of `now`; on failure keeps
-// the current file (if any) and returns false with *why set.
-bool switch_log_file(LogFile* lf, time_t now, char* why, size_t whylen) {
-  char name[16];
-  log_file_name(now, name);
-  int fd = open_log_file(*lf, name, why, whylen);
-  if (fd < 0) return false;
-  if (lf->fd >= 0) close(lf->fd);
-  lf->fd = fd;
-  memcpy(lf->name, name, sizeof name);
-  lf->next_switch = next_local_midnight(now);
-  return true;
-}
-
-// Writes one batch of log text; short writes continue, errors are counted
-// and reported once per kind so a full disk does not flood stderr.
-void write_batch(void* ctx, const iovec* iov, int iovcnt) {
-  auto* lf = static_cast<LogFile*>(ctx);
-  iovec rest[1024];
-  memcpy(rest, iov, sizeof(iovec) * size_t(iovcnt));
-  iovec* v = rest;
-  while (iovcnt > 0) {
-    ssize_t w = writev(lf->fd, v, iovcnt);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      size_t lost = 0;
-      for (int i = 0; i < iovcnt; i++) lost += v[i].iov_len;
-      lf->bytes_lost += lost;
-      if (errno != lf->last_errno)
-        warn("cannot write %s/%s: %s (%llu bytes lost so far)", lf->dir, lf->name,
-             strerror(errno), static_cast<unsigned long long>(lf->bytes_lost));
-      lf->last_errno = errno;
-      return;
-    }
-    lf->last_errno = 0;
-    size_t done = size_t(w);
-    while (iovcnt > 0 && done >= v->iov_len) {
-      done -= v->iov_len;
-      v++;
-      iovcnt--;
-    }
-    if (iovcnt > 0) {
-      v->iov_base = static_cast<char*>(v->iov_base) + done;
-      v->iov_len -= done;
-    }
-  }
+// Names the address the socket serves, as the kernel sees it, and whether
+// it takes IPv4 too.
+void describe_listener(Listener* l) {
+  sockaddr_storage ss = {};
+  socklen_t len = sizeof ss;
+  if (getsockname(l->fd, reinterpret_cast<sockaddr*>(&ss), &len) < 0) return;
+  describe_address(ss, l->where, sizeof l->where);
+  int v6only = 1;
+  len = sizeof v6only;
+  l->dual_stack = ss.ss_family == AF_INET6 &&
+                  getsockopt(l->fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &len) == 0 && !v6only;
 }
 
 // ------------------------------------------------------------- privileges
@@ -1326,6 +1684,21 @@ void drop_privileges(const Options& o) {
   }
 }
 
+// split=host keeps up to files= log files open: make sure the limit allows
+// them, raising the soft limit towards the hard one if needed.
+void ensure_file_limit(const Options& o) {
+  if (o.split != Split::host) return;
+  rlim_t need = rlim_t(o.files) + 32;  // the socket, epoll, signals, stdio, the day file
+  rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= need) return;
+  rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
+  setrlimit(RLIMIT_NOFILE, &rl);
+  if (rl.rlim_cur < need)
+    die("files=%u: needs %llu open files, but the limit is %llu (raise ulimit -n or "
+        "LimitNOFILE=, or lower files=)", o.files, (unsigned long long)need,
+        (unsigned long long)rl.rlim_cur);
+}
+
 // ---------------------------------------------------------------- receive
 
 // Preallocated recvmmsg state.  Each slot has room for the largest
@@ -1338,8 +1711,6 @@ struct Ring {
   alignas(cmsghdr) char ctrl[kBatch][64];
   char* data = nullptr;
 };
-
-Ring the_ring;  // 11 KiB of headers: static storage, not the stack
 
 void ring_init(Ring* r) {
   void* p = mmap(nullptr, kBatch * kSlotBytes, PROT_READ | PROT_WRITE,
@@ -1358,47 +1729,47 @@ void ring_init(Ring* r) {
   }
 }
 
-// The sender of message i as an IPv6 (or v4-mapped) address.
-void sender_of(const Ring& r, int i, in6_addr* addr, uint16_t* port) {
+// Message i of the ring as the core sees it: sender (IPv4 as v4-mapped),
+// arrival time (else `fallback`), bytes, and the drop counter if sent.
+Datagram datagram_of(const Ring& r, int i, const timespec& fallback) {
+  Datagram d;
   const sockaddr_in6& sa = r.names[i];
   if (sa.sin6_family == AF_INET) {
     const auto& sin = reinterpret_cast<const sockaddr_in&>(sa);
-    memset(addr, 0, sizeof *addr);
-    addr->s6_addr[10] = addr->s6_addr[11] = 0xff;
-    memcpy(&addr->s6_addr[12], &sin.sin_addr, 4);
-    *port = ntohs(sin.sin_port);
+    memset(&d.addr, 0, sizeof d.addr);
+    d.addr.s6_addr[10] = d.addr.s6_addr[11] = 0xff;
+    memcpy(&d.addr.s6_addr[12], &sin.sin_addr, 4);
+    d.port = ntohs(sin.sin_port);
   } else {
-    *addr = sa.sin6_addr;
-    *port = ntohs(sa.sin6_port);
+    d.addr = sa.sin6_addr;
+    d.port = ntohs(sa.sin6_port);
   }
-}
-
-// What the kernel said about message i: its arrival time (else
-// `fallback`) and, after drops, the socket's drop counter (else -1).
-timespec arrival_of(const Ring& r, int i, const timespec& fallback, int64_t* drops) {
   const msghdr& h = r.msgs[i].msg_hdr;
-  timespec ts = fallback;
-  *drops = -1;
+  d.when = fallback;
+  d.kernel_drops = -1;
   for (cmsghdr* c = CMSG_FIRSTHDR(&h); c; c = CMSG_NXTHDR(const_cast<msghdr*>(&h), c)) {
     if (c->cmsg_level != SOL_SOCKET) continue;
     if (c->cmsg_type == SCM_TIMESTAMPNS) {
-      memcpy(&ts, CMSG_DATA(c), sizeof ts);
+      memcpy(&d.when, CMSG_DATA(c), sizeof d.when);
     } else if (c->cmsg_type == SCM_TIMESTAMP) {
       timeval tv;
       memcpy(&tv, CMSG_DATA(c), sizeof tv);
-      ts = timespec{tv.tv_sec, tv.tv_usec * 1000};
+      d.when = timespec{tv.tv_sec, tv.tv_usec * 1000};
     } else if (c->cmsg_type == SO_RXQ_OVFL) {
       uint32_t n;
       memcpy(&n, CMSG_DATA(c), sizeof n);
-      *drops = n;
+      d.kernel_drops = n;
     }
   }
-  return ts;
+  d.data = static_cast<const char*>(r.iov[i].iov_base);
+  d.len = r.msgs[i].msg_len;
+  d.truncated = h.msg_flags & MSG_TRUNC;
+  return d;
 }
 
 // Receives one batch into the ring and feeds it to the assembler; returns
 // the number of datagrams, 0 when the socket is empty.
-int receive_batch(int fd, Ring* r, Assembler* a) {
+int receive_batch(int fd, Ring* r, Assembler* a, Clock clock) {
   for (int i = 0; i < kBatch; i++) {
     msghdr& h = r->msgs[i].msg_hdr;  // the lengths the kernel changed last time
     h.msg_namelen = sizeof r->names[i];
@@ -1410,23 +1781,32 @@ int receive_batch(int fd, Ring* r, Assembler* a) {
     if (n < 0 && errno != EAGAIN && errno != EINTR) warn("recvmmsg: %s", strerror(errno));
     return 0;
   }
-  timespec now = now_realtime();
-  for (int i = 0; i < n; i++) {
-    in6_addr addr;
-    uint16_t port;
-    sender_of(*r, i, &addr, &port);
-    int64_t drops;
-    timespec when = arrival_of(*r, i, now, &drops);
-    if (drops >= 0) a->kernel_drops(uint32_t(drops), when);
-    if (r->msgs[i].msg_hdr.msg_flags & MSG_TRUNC)
-      a->notice(when, "datagram cut to %u bytes: larger than the receive slot",
-                r->msgs[i].msg_len);
-    a->datagram(addr, port, static_cast<char*>(r->iov[i].iov_base), r->msgs[i].msg_len, when);
-  }
+  timespec now = clock();
+  for (int i = 0; i < n; i++) a->datagram(datagram_of(*r, i, now));
   return n;
 }
 
-// ------------------------------------------------------------------- main
+// -------------------------------------------------------------------- loop
+
+// Everything the loop works with; static storage, set up once.
+struct Server {
+  Options opts;
+  Listener listener;
+  LogDir dir;
+  DailyFile daily;
+  HostFiles hosts;
+  StdoutSink stdout_sink;
+  Sink* sink = nullptr;
+  Output out;
+  Assembler assembler;
+  Ring ring;
+  int sigfd = -1, ep = -1;
+  Clock clock = wall_clock;
+};
+
+void write_to_sink(void* ctx, const in6_addr* host, const iovec* iov, int iovcnt) {
+  static_cast<Sink*>(ctx)->write(host, iov, iovcnt);
+}
 
 int milliseconds_until(const timespec& due, const timespec& now) {
   long long ms = (long long)(due.tv_sec - now.tv_sec) * 1000 +
@@ -1445,74 +1825,111 @@ int open_signals() {
   if (sigprocmask(SIG_BLOCK, &set, nullptr) < 0) die("sigprocmask: %s", strerror(errno));
   int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
   if (fd < 0) die("signalfd: %s", strerror(errno));
-  signal(SIGPIPE, SIG_IGN);
+  signal(SIGPIPE, SIG_IGN);  // a closed stdout is EPIPE, handled by its sink
   return fd;
 }
 
-void print_startup(const Options& o, const Listener& l, const LogFile& lf) {
-  printf("udplogger %s: listening on UDP %s%s, writing %s/%s; timeout=%u clients=%u "
-         "wbuf=%u rbuf=%lu (granted %d) escape=%s ext=%s frags=%u perm=%04o",
-         kVersion, l.where, l.dual_stack ? " (IPv4 and IPv6)" : "", lf.dir, lf.name,
-         o.timeout, o.clients, o.wbuf, o.rbuf, l.rbuf_granted,
-         o.escape == Escape::hex ? "hex" : "none", o.ext == Ext::raw ? "raw" : "auto",
-         o.frags, o.perm);
-  if (o.uid >= 0) printf(" uid=%ld", o.uid);
-  if (o.gid >= 0) printf(" gid=%ld", o.gid);
-  printf("\n");
-  fflush(stdout);
+// The start-up line: on stdout, or on stderr when stdout carries the log.
+void print_startup(const Server& s) {
+  const Options& o = s.opts;
+  FILE* f = o.to_stdout() ? stderr : stdout;
+  fprintf(f, "udplogger %s: listening on UDP %s%s, writing ", kVersion, s.listener.where,
+          s.listener.dual_stack ? " (IPv4 and IPv6)" : "");
+  if (o.to_stdout())
+    fprintf(f, "standard output");
+  else if (o.split == Split::host)
+    fprintf(f, "%s/ADDR/YYYY-MM-DD.log per sender, own notices to %s/%s", s.dir.path,
+            s.dir.path, s.hosts.name());
+  else
+    fprintf(f, "%s/%s", s.dir.path, s.daily.name());
+  fprintf(f, "; timeout=%u clients=%u wbuf=%u rbuf=%lu (granted %d) escape=%s ext=%s frags=%u "
+          "perm=%04o stamp=%s split=%s", o.timeout, o.clients, o.wbuf, o.rbuf,
+          s.listener.rbuf_granted, o.escape == Escape::hex ? "hex" : "none",
+          o.ext == Ext::raw ? "raw" : "auto", o.frags, o.perm,
+          o.stamp == StampStyle::iso ? "iso" : "classic", o.split == Split::host ? "host" : "none");
+  if (o.split == Split::host) fprintf(f, " files=%u", o.files);
+  if (o.uid >= 0) fprintf(f, " uid=%ld", o.uid);
+  if (o.gid >= 0) fprintf(f, " gid=%ld", o.gid);
+  fprintf(f, "\n");
+  fflush(f);
+}
+
+// Opens the log directory and the socket, drops privileges, opens the sink
+// and prepares the loop; every failure is fatal and says why.
+void setup(Server* s, const Options& o, Clock clock) {
+  s->opts = o;
+  s->clock = clock;
+  char why[4400];
+  if (!o.to_stdout() && !open_log_dir(o.dir, o.perm, &s->dir, why, sizeof why)) die("%s", why);
+  ensure_file_limit(o);
+  create_listener(o, &s->listener);
+  tune_listener(o, &s->listener);
+  describe_listener(&s->listener);
+  drop_privileges(o);
+
+  time_t now = clock().tv_sec;
+  if (o.to_stdout()) {
+    s->sink = &s->stdout_sink;
+  } else if (o.split == Split::host) {
+    if (!s->hosts.open(&s->dir, o.files, now, why, sizeof why)) die("%s", why);
+    s->sink = &s->hosts;
+  } else {
+    if (!s->daily.open(&s->dir, now, why, sizeof why)) die("%s", why);
+    s->sink = &s->daily;
+  }
+  if (!s->out.init(kArenaBytes, write_to_sink, s->sink, o.split == Split::host) ||
+      !s->assembler.init(o, &s->out))
+    die("out of memory for clients=%u", o.clients);
+  ring_init(&s->ring);
+
+  s->sigfd = open_signals();
+  s->ep = epoll_create1(EPOLL_CLOEXEC);
+  epoll_event ev = {};
+  ev.events = EPOLLIN;
+  ev.data.fd = s->listener.fd;
+  if (s->ep < 0 || epoll_ctl(s->ep, EPOLL_CTL_ADD, s->listener.fd, &ev) < 0)
+    die("epoll: %s", strerror(errno));
+  ev.data.fd = s->sigfd;
+  if (epoll_ctl(s->ep, EPOLL_CTL_ADD, s->sigfd, &ev) < 0) die("epoll: %s", strerror(errno));
+  print_startup(*s);
 }
 
 // The statistics line, into the log and on stderr.
-void report_stats(Assembler* a, Output* out) {
+void report_stats(Server* s) {
   char line[512];
-  a->format_stats(line, sizeof line);
-  a->notice(now_realtime(), "%s", line);
-  out->flush();
+  s->assembler.format_stats(line, sizeof line);
+  s->assembler.notice(s->clock(), "%s", line);
+  s->out.flush();
   warn("%s", line);
-}
-
-// At local midnight: the new day's file, or (if it cannot be opened) the
-// current one and a message saying why, as udplogger 1.1 did.
-void midnight_switch(LogFile* lf, Output* out, time_t now) {
-  out->flush();
-  char old[16], why[256];
-  memcpy(old, lf->name, sizeof old);
-  if (!switch_log_file(lf, now, why, sizeof why)) {
-    char name[16];
-    log_file_name(now, name);
-    warn("cannot switch to log file %s/%s: %s; still writing %s", lf->dir, name, why, old);
-    lf->next_switch = now + 60;  // try again in a minute
-  }
 }
 
 // Waits for datagrams, signals, the next timeout or midnight.  Under load
 // (pause_ns > 0) it first pauses: waking for every datagram or two costs
 // more than the datagrams themselves, so a batch gathers.  Arrival times
 // are the kernel's, so no line's time changes.
-int wait_for_events(int ep, const LogFile& lf, const Assembler& a, long pause_ns,
-                    epoll_event* events) {
+int wait_for_events(Server* s, long pause_ns, epoll_event* events) {
   int timeout = 0;
   if (pause_ns > 0) {
     timespec pause = {0, pause_ns};
     nanosleep(&pause, nullptr);
   } else {
-    timespec due = {lf.next_switch, 0};
-    timespec partial_due = a.next_deadline();
-    if (partial_due.tv_sec != 0 && partial_due.tv_sec < due.tv_sec) due = partial_due;
-    timeout = milliseconds_until(due, now_realtime());
+    timespec due = s->assembler.next_deadline();
+    time_t midnight = s->sink->next_switch();
+    if (midnight != 0 && (due.tv_sec == 0 || midnight < due.tv_sec)) due = timespec{midnight, 0};
+    timeout = due.tv_sec == 0 ? 60000 : milliseconds_until(due, s->clock());
   }
-  int n = epoll_wait(ep, events, 2, timeout);
+  int n = epoll_wait(s->ep, events, 2, timeout);
   if (n < 0 && errno != EINTR) die("epoll_wait: %s", strerror(errno));
   return n < 0 ? 0 : n;
 }
 
 // Reads batches until the socket is empty (or a bound, to stay responsive);
 // returns true when more than one datagram was waiting: the loop is busy.
-bool drain_socket(int fd, Ring* ring, Assembler* a, Output* out) {
+bool drain_socket(Server* s) {
   int total = 0;
   for (int b = 0; b < kBatchesPerWake; b++) {
-    int got = receive_batch(fd, ring, a);
-    out->flush();  // the ring is reused by the next batch
+    int got = receive_batch(s->listener.fd, &s->ring, &s->assembler, s->clock);
+    s->out.flush();  // the ring is reused by the next batch
     total += got;
     if (got < kBatch) return total > 1;
   }
@@ -1520,17 +1937,15 @@ bool drain_socket(int fd, Ring* ring, Assembler* a, Output* out) {
 }
 
 // Acts on the signals received; returns true for SIGTERM or SIGINT.
-bool handle_signals(int sigfd, LogFile* lf, Assembler* a, Output* out) {
+bool handle_signals(Server* s) {
   bool stop = false;
   signalfd_siginfo si;
-  while (read(sigfd, &si, sizeof si) == ssize_t(sizeof si)) {
+  while (read(s->sigfd, &si, sizeof si) == ssize_t(sizeof si)) {
     if (si.ssi_signo == SIGHUP) {
-      out->flush();
-      char why[256];
-      if (!switch_log_file(lf, now_realtime().tv_sec, why, sizeof why))
-        warn("SIGHUP: cannot reopen log file: %s; still writing %s/%s", why, lf->dir, lf->name);
+      s->out.flush();
+      s->sink->reopen(s->clock().tv_sec);
     } else if (si.ssi_signo == SIGUSR1) {
-      report_stats(a, out);
+      report_stats(s);
     } else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
       stop = true;
     }
@@ -1538,71 +1953,45 @@ bool handle_signals(int sigfd, LogFile* lf, Assembler* a, Output* out) {
   return stop;
 }
 
-int run(const Options& o) {
-  LogFile lf;
-  lf.perm = o.perm;
-  if (!realpath(o.dir, lf.dir)) die("cannot use log directory %s: %s", o.dir, strerror(errno));
-  lf.dirfd = open(lf.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (lf.dirfd < 0) die("cannot use log directory %s: %s", lf.dir, strerror(errno));
-
-  Listener l;
-  open_listener(o, &l);
-  drop_privileges(o);
-
-  char why[256];
-  timespec now = now_realtime();
-  if (!switch_log_file(&lf, now.tv_sec, why, sizeof why)) {
-    char name[16];
-    log_file_name(now.tv_sec, name);
-    die("cannot open log file %s/%s: %s", lf.dir, name, why);
-  }
-
-  Output out;
-  Assembler assembler;
-  Ring* ring = &the_ring;
-  if (!out.init(kArenaBytes, write_batch, &lf) || !assembler.init(o, &out))
-    die("out of memory for clients=%u", o.clients);
-  ring_init(ring);
-
-  int sigfd = open_signals();
-  int ep = epoll_create1(EPOLL_CLOEXEC);
-  epoll_event ev = {};
-  ev.events = EPOLLIN;
-  ev.data.fd = l.fd;
-  if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, l.fd, &ev) < 0) die("epoll: %s", strerror(errno));
-  ev.data.fd = sigfd;
-  if (epoll_ctl(ep, EPOLL_CTL_ADD, sigfd, &ev) < 0) die("epoll: %s", strerror(errno));
-
-  print_startup(o, l, lf);
+// The loop only routes: datagrams to the core, lines to the sink, signals
+// and timers to their handlers.  Returns the exit status.
+int loop(Server* s) {
   epoll_event events[2];
-
   // The pause lets arrivals at ~100k datagrams/s (~1 KiB of buffer each)
   // fill at most a quarter of the receive buffer.
-  const long coalesce_ns = std::min(kCoalesceMaxNs, long(l.rbuf_granted) / 400 * 1000);
+  long coalesce_ns = long(s->listener.rbuf_granted) / 400 * 1000;
+  if (coalesce_ns > kCoalesceMaxNs) coalesce_ns = kCoalesceMaxNs;
   bool busy = false;  // the last wakeup found more than one datagram
   for (;;) {
-    int n = wait_for_events(ep, lf, assembler, busy ? coalesce_ns : 0, events);
-    now = now_realtime();
-    if (now.tv_sec >= lf.next_switch) midnight_switch(&lf, &out, now.tv_sec);
+    int n = wait_for_events(s, busy ? coalesce_ns : 0, events);
+    s->sink->tick(s->clock().tv_sec);
     bool stop = false;
     busy = false;
     for (int i = 0; i < n; i++) {
-      if (events[i].data.fd == l.fd) busy = drain_socket(l.fd, ring, &assembler, &out);
-      else stop = handle_signals(sigfd, &lf, &assembler, &out);
+      if (events[i].data.fd == s->listener.fd) busy = drain_socket(s);
+      else stop = handle_signals(s);
     }
-    now = now_realtime();
-    if (stop) {  // take what is queued, write every partial line, leave
-      drain_socket(l.fd, ring, &assembler, &out);
-      assembler.expire(now, true);
-      report_stats(&assembler, &out);
+    if (s->sink->gone()) {
+      warn("standard output was closed (EPIPE): the reader went away; exiting");
       return 0;
     }
-    assembler.expire(now);
-    out.flush();
+    if (stop) {  // take what is queued, write every partial line, leave
+      drain_socket(s);
+      s->assembler.expire(s->clock(), true);
+      report_stats(s);
+      return 0;
+    }
+    s->assembler.expire(s->clock());
+    s->out.flush();
   }
 }
 
 }  // namespace
+}  // namespace ul
+
+namespace {
+ul::Server the_server;  // the ring and the output's iovecs: static storage, not the stack
+}
 
 int main(int argc, char** argv) {
   ul::Options opts;
@@ -1623,6 +2012,7 @@ int main(int argc, char** argv) {
     case ul::ParseStatus::ok:
       break;
   }
-  return run(opts);
+  ul::setup(&the_server, opts, ul::wall_clock);
+  return ul::loop(&the_server);
 }
 #endif  // UDPLOGGER_NO_MAIN

@@ -1,11 +1,12 @@
 // udplogger: receive line-oriented UDP log streams (Linux netconsole and
 // others) and append them to daily log files.
 //
-// This header declares the pure core: option parsing, escaping, formatting,
-// the sender table and per-sender line assembly.  None of it does I/O: bytes
-// and times go in, finished log text comes out through an Output, whose flush
-// callback the shell (udplogger.cpp) points at writev().  Tests point it at a
-// string instead and need no sockets.
+// This header is the contract between the pure core, the shell and the
+// tests.  The core (options, line formatting, the sender table, line
+// assembly, extended netconsole records) does no I/O: a Datagram and times
+// go in, finished log lines come out through an Output, whose flush callback
+// the shell points at a Sink and the tests at a string.  The last section
+// declares the shell's sinks, which the tests drive on a fake clock.
 //
 // Copyright (C) 2026 the udplogger authors.  GPL version 2, see COPYING.
 #ifndef UDPLOGGER_H
@@ -25,11 +26,13 @@ constexpr const char kVersion[] = "2.0";
 
 enum class Escape { hex, none };
 enum class Ext { automatic, raw };
+enum class StampStyle { classic, iso };  // "2026-11-22 02:04:05" or RFC 3339
+enum class Split { none, host };         // one daily file, or one per sender address
 
 struct Options {
   const char* ip = nullptr;  // null: dual-stack any address
   unsigned port = 6666;
-  const char* dir = ".";
+  const char* dir = ".";     // "-": standard output
   unsigned timeout = 10;       // seconds
   unsigned clients = 1024;     // senders tracked at once
   unsigned wbuf = 65536;       // longest line kept, bytes
@@ -40,6 +43,10 @@ struct Options {
   Escape escape = Escape::hex;
   Ext ext = Ext::automatic;    // extended netconsole: parse, or text as 1.1
   unsigned frags = 64;         // fragmented records reassembled at once
+  StampStyle stamp = StampStyle::classic;
+  Split split = Split::none;
+  unsigned files = 64;         // split=host: log files open at once
+  bool to_stdout() const { return dir[0] == '-' && dir[1] == '\0'; }
 };
 
 enum class ParseStatus { ok, help, version, usage_error, value_error };
@@ -51,7 +58,7 @@ ParseStatus parse_options(int argc, char* const* argv, Options* opts,
 
 extern const char kUsage[];
 
-// ------------------------------------------------------ escaping, prefix
+// ------------------------------------------------------- formatting pieces
 
 // True for the bytes written as \xNN: control bytes except TAB, and DEL.
 inline bool needs_escape(unsigned char c) {
@@ -62,11 +69,20 @@ inline bool needs_escape(unsigned char c) {
 // control bytes as \xNN; returns the bytes written.
 size_t escape_text(const char* src, size_t len, char* dst);
 
-// Formats "YYYY-MM-DD hh:mm:ss " (20 bytes, local time) into out.
-void format_stamp(time_t t, char out[21]);
+// The longest stamp with its trailing space: "YYYY-MM-DDThh:mm:ss.uuuuuu+hh:mm ".
+constexpr size_t kStampMax = 33;
 
-// Formats the sender as "a.b.c.d:port" (IPv4 or v4-mapped) or
-// "[v6addr]:port"; returns the length (< kSenderNameMax).
+// Formats the stamp of t (local time) and a space into out; returns its
+// length: 20 for the classic form, 33 for ISO.
+size_t format_stamp(StampStyle style, const timespec& t, char out[kStampMax + 1]);
+
+// The sender's address alone: "a.b.c.d" (IPv4 or v4-mapped) or the IPv6
+// literal without brackets; returns the length (< kHostNameMax).
+constexpr size_t kHostNameMax = 46;
+size_t format_host(const in6_addr& addr, char* out);
+
+// The sender as "a.b.c.d:port" or "[v6addr]:port"; returns the length
+// (< kSenderNameMax).
 constexpr size_t kSenderNameMax = 56;
 size_t format_sender(const in6_addr& addr, uint16_t port, char* out);
 
@@ -75,6 +91,127 @@ time_t next_local_midnight(time_t t);
 
 // "YYYY-MM-DD.log" for the local date of t.
 void log_file_name(time_t t, char out[16]);
+
+// ---------------------------------------------------------------- datagram
+
+// One arriving datagram, from receive to the core: the one place where a
+// per-datagram feature hooks in.
+struct Datagram {
+  in6_addr addr;               // IPv6, or v4-mapped IPv4
+  uint16_t port;
+  timespec when;               // the kernel's arrival time
+  const char* data;            // valid until the Output is flushed
+  size_t len;
+  int64_t kernel_drops;        // the socket's drop counter with it; -1: none
+  bool truncated;              // cut to fit the receive slot
+};
+
+// ------------------------------------------------------------------ output
+
+// Collects log text as an iovec list: pieces that live in the receive ring
+// are referenced, everything else is copied into a fixed arena.  When
+// either fills up, or the next line is about another host while lines are
+// grouped by host, the flush callback gets what was collected.
+class Output {
+ public:
+  // host: the sender's address the lines are about, null for the daemon's own.
+  using FlushFn = void (*)(void* ctx, const in6_addr* host, const iovec* iov, int iovcnt);
+
+  bool init(size_t arena_bytes, FlushFn fn, void* ctx, bool by_host);
+  ~Output();
+  void to(const in6_addr* host);              // the lines that follow are about host
+  void ref(const char* p, size_t len);        // zero copy; valid until flush
+  void copy(const char* p, size_t len);
+  void copy_escaped(const char* p, size_t len);
+  char* claim(size_t len);                    // len (<= 256) contiguous bytes to fill
+  void flush();
+
+ private:
+  char* reserve(size_t want, size_t* got);
+  void push(const char* p, size_t len);
+
+  static constexpr int kMaxIov = 1024;
+  iovec iov_[kMaxIov];
+  int iovcnt_ = 0;
+  char* arena_ = nullptr;
+  size_t arena_cap_ = 0;
+  size_t arena_used_ = 0;
+  FlushFn fn_ = nullptr;
+  void* ctx_ = nullptr;
+  bool by_host_ = false;
+  bool has_host_ = false;  // the collected lines are about host_, not the daemon
+  in6_addr host_;
+};
+
+struct Stats {
+  uint64_t datagrams = 0, bytes = 0, lines = 0;
+  uint64_t senders_reused = 0;
+  uint64_t lines_timed_out = 0;
+  uint64_t records = 0;             // extended records written
+  uint64_t fragments = 0;           // fragment datagrams taken in
+  uint64_t reassembled = 0;         // records joined from fragments
+  uint64_t incomplete = 0;          // records written with bytes missing
+  uint64_t missing = 0;             // records missing by SEQ
+  uint64_t lost_in_transit = 0;     // records missing by msgid
+  uint64_t duplicates = 0;          // fragments seen before, ignored
+  uint64_t malformed = 0;           // bad extended headers, written as text
+  uint64_t kernel_drops = 0;        // datagrams the kernel dropped
+};
+
+// Who a line is about: the name after the stamp, and the host whose file
+// it goes to with split=host (null: the daemon's own file).
+struct Origin {
+  const in6_addr* host;
+  const char* name;
+  size_t name_len;
+};
+
+// The one birthplace of a log line: stamp, origin, text (escaped as the
+// options say), newline, for data lines and notices alike.
+class LineWriter {
+ public:
+  void init(const Options& opts, Output* out, Stats* stats);
+  void begin(const Origin& o, const timespec& when);  // stamp and name
+  void text(const char* p, size_t len);               // copied, escaped
+  // Ends the line with p, referenced in place where no escaping is needed;
+  // p[len] is its newline when newline_follows.  clean: p needs no escaping.
+  void end_with(const char* p, size_t len, bool newline_follows, bool clean);
+  void end();
+  // "STAMP udplogger: [NAME: ]text": a notice, about host (null: the
+  // daemon) and the sender called name (null: none).
+  void notice(const in6_addr* host, const char* name, size_t name_len, const timespec& when,
+              const char* fmt, ...) __attribute__((format(printf, 6, 7)));
+
+ private:
+  Output* out_ = nullptr;
+  Stats* stats_ = nullptr;
+  Escape escape_ = Escape::hex;
+  StampStyle style_ = StampStyle::classic;
+  time_t stamp_sec_ = -1;         // the second stamp_ holds
+  size_t stamp_len_ = 0;
+  char stamp_[kStampMax + 1];
+};
+
+// A doubly linked list threaded through the elements of an array by index
+// (-1 ends it), so that taking an element out is O(1) and allocates nothing.
+template <typename T, int32_t T::*Prev, int32_t T::*Next>
+struct IndexList {
+  int32_t head = -1, tail = -1;
+
+  void append(T* base, int32_t i) {
+    base[i].*Prev = tail;
+    base[i].*Next = -1;
+    if (tail >= 0) base[tail].*Next = i;
+    else head = i;
+    tail = i;
+  }
+  void unlink(T* base, int32_t i) {
+    if (base[i].*Prev >= 0) base[base[i].*Prev].*Next = base[i].*Next;
+    else head = base[i].*Next;
+    if (base[i].*Next >= 0) base[base[i].*Next].*Prev = base[i].*Prev;
+    else tail = base[i].*Prev;
+  }
+};
 
 // ---------------------------------------------------- extended netconsole
 
@@ -107,95 +244,8 @@ constexpr uint32_t kRecordMax = 8192;
 // oldest (written with its gaps marked).
 constexpr int kInflightPerSender = 4;
 
-// ------------------------------------------------------------------ output
-
-// Collects log text as an iovec list for one writev: pieces that live in
-// the receive ring are referenced, everything else (prefixes, escaped text,
-// partial lines) is copied into a fixed arena.  When either fills up, the
-// flush callback is called and collection starts over.
-class Output {
- public:
-  using FlushFn = void (*)(void* ctx, const iovec* iov, int iovcnt);
-
-  bool init(size_t arena_bytes, FlushFn fn, void* ctx);
-  ~Output();
-  void ref(const char* p, size_t len);        // zero copy; valid until flush
-  void copy(const char* p, size_t len);
-  void copy_escaped(const char* p, size_t len);
-  void flush();
-
- private:
-  char* reserve(size_t want, size_t* got);
-  void push(const char* p, size_t len);
-
-  static constexpr int kMaxIov = 1024;
-  iovec iov_[kMaxIov];
-  int iovcnt_ = 0;
-  char* arena_ = nullptr;
-  size_t arena_cap_ = 0;
-  size_t arena_used_ = 0;
-  FlushFn fn_ = nullptr;
-  void* ctx_ = nullptr;
-};
-
-// Caches the "YYYY-MM-DD hh:mm:ss " text of the current second.
-class StampCache {
- public:
-  const char* get(time_t t) {
-    if (t != sec_ || !valid_) {
-      format_stamp(t, text_);
-      sec_ = t;
-      valid_ = true;
-    }
-    return text_;
-  }
-
- private:
-  time_t sec_ = 0;
-  bool valid_ = false;
-  char text_[21];
-};
-
-// ----------------------------------------------------------------- senders
-
-// A doubly linked list threaded through the elements of an array by index
-// (-1 ends it), so that taking an element out is O(1) and allocates nothing.
-template <typename T, int32_t T::*Prev, int32_t T::*Next>
-struct IndexList {
-  int32_t head = -1, tail = -1;
-
-  void append(T* base, int32_t i) {
-    base[i].*Prev = tail;
-    base[i].*Next = -1;
-    if (tail >= 0) base[tail].*Next = i;
-    else head = i;
-    tail = i;
-  }
-  void unlink(T* base, int32_t i) {
-    if (base[i].*Prev >= 0) base[base[i].*Prev].*Next = base[i].*Next;
-    else head = base[i].*Next;
-    if (base[i].*Next >= 0) base[base[i].*Next].*Prev = base[i].*Prev;
-    else tail = base[i].*Prev;
-  }
-};
-
-struct Sender {
-  in6_addr addr;
-  uint16_t port;
-  uint8_t name_len;            // "IP:PORT " including the trailing space
-  time_t prefix_sec;           // the second prefix's stamp is for
-  // "YYYY-MM-DD hh:mm:ss IP:PORT ": the whole prefix of a line, kept so
-  // that a line costs one copy of it.
-  char prefix[20 + kSenderNameMax + 1];
-  const char* name() const { return prefix + 20; }
-  int32_t hash_next;           // chain in the hash bucket
-  int32_t lru_prev, lru_next;  // least recently heard first
-  int32_t pend_prev, pend_next;  // senders holding a partial line, oldest first
-  // The partial line: bytes received without their newline yet.
-  char* partial;
-  uint32_t partial_len, partial_cap;
-  timespec partial_time;       // arrival of its first byte
-  // Extended netconsole: what was seen of this sender's records.
+// One sender's extended netconsole state.  Only Netconsole touches it.
+struct NetconsoleState {
   bool seq_known, msgid_known;
   bool seq_resumable;          // a SEQ came again: resume_seq + 1 may follow
   uint64_t resume_seq;
@@ -208,24 +258,35 @@ struct Sender {
   int32_t inflight[kInflightPerSender];  // its records in reassembly, -1: none
 };
 
-struct Stats {
-  uint64_t datagrams = 0, bytes = 0, lines = 0;
-  uint64_t senders_reused = 0;
-  uint64_t lines_timed_out = 0;
-  uint64_t records = 0;             // extended records written
-  uint64_t fragments = 0;           // fragment datagrams taken in
-  uint64_t reassembled = 0;         // records joined from fragments
-  uint64_t incomplete = 0;          // records written with bytes missing
-  uint64_t missing = 0;             // records missing by SEQ
-  uint64_t lost_in_transit = 0;     // records missing by msgid
-  uint64_t duplicates = 0;          // fragments seen before, ignored
-  uint64_t malformed = 0;           // bad extended headers, written as text
-  uint64_t kernel_drops = 0;        // datagrams the kernel dropped
+struct Sender;
+
+// A record Netconsole hands back: whole, or with the bytes whose bit in
+// `got` is 0 missing.  Its text is still kernel-escaped.
+struct ExtRecord {
+  unsigned pri;
+  uint64_t usec;
+  timespec when;               // arrival of its first datagram
+  const char* data;
+  uint32_t len;
+  const uint8_t* got;          // null: every byte arrived
+};
+
+// What Netconsole hands back, in order: records, notices about a sender,
+// and datagrams that must be written as plain text after all.
+class NetconsoleEvents {
+ public:
+  virtual void record(Sender* s, const ExtRecord& r) { (void)s, (void)r; }
+  virtual void notice(Sender* s, const timespec& when, const char* text) {
+    (void)s, (void)when, (void)text;
+  }
+  virtual void text(Sender* s, const char* data, size_t len, const timespec& when) {
+    (void)s, (void)data, (void)len, (void)when;
+  }
 };
 
 // One fragmented record being reassembled.
 struct Reassembly {
-  int32_t sender;                   // -1: free
+  Sender* sender;                   // null: free
   int32_t age_prev, age_next;       // oldest first
   uint64_t seq, usec;
   unsigned pri;
@@ -235,104 +296,289 @@ struct Reassembly {
   char data[kRecordMax];
 };
 
-// The sender table and line assembly.  Holds up to opts.clients senders;
-// a new sender beyond that takes the slot of the one idle longest, whose
-// partial line is written out first.
-class Assembler {
+// The extended netconsole state machine, in the spirit of netconsd's ncrx:
+// fed headers, bytes and times, it tracks SEQ and msgid per sender,
+// reassembles fragments and hands back records and notices.
+class Netconsole {
+ public:
+  bool init(unsigned frags, unsigned timeout, NetconsoleEvents* out, Stats* stats);
+  ~Netconsole();
+  void forget(Sender* s);  // a new sender in s's slot
+  // One datagram of s whose header parsed: a whole record or a fragment.
+  void feed(Sender* s, const ExtHeader& h, const char* data, size_t len, const timespec& when);
+  // Hands back every record in reassembly since now - timeout, or all.
+  void expire(const timespec& now, bool all);
+  timespec next_deadline() const;  // {0,0}: none in reassembly
+  // Hands back s's records in reassembly, incomplete for the reason why.
+  void drop(Sender* s, const timespec& now, const char* why);
+
+ private:
+  void check_release(Sender* s, const ExtHeader& h, const timespec& when);
+  bool seen_before(Sender* s, uint64_t seq, const timespec& when);
+  void restart_seq(NetconsoleState* n, uint64_t seq);
+  void seen_again(Sender* s, uint64_t seq, const timespec& when);
+  void check_msgid(Sender* s, const char* text, size_t len, const timespec& when);
+  void record(Sender* s, const ExtHeader& h, const char* data, size_t len, const timespec& when);
+  void fragment(Sender* s, const ExtHeader& h, const char* data, size_t len,
+                const timespec& when);
+  Reassembly* reassembly_for(Sender* s, const ExtHeader& h, const timespec& when);
+  void finish(Reassembly* r, const timespec& now, const char* why);
+  void release(Reassembly* r);
+  void notice(Sender* s, const timespec& when, const char* fmt, ...)
+      __attribute__((format(printf, 4, 5)));
+
+  NetconsoleEvents* out_ = nullptr;
+  Stats* stats_ = nullptr;
+  unsigned timeout_ = 10;
+  unsigned frags_ = 0;
+  Reassembly* pool_ = nullptr;      // frags entries
+  IndexList<Reassembly, &Reassembly::age_prev, &Reassembly::age_next> ages_;  // oldest first
+  int32_t free_head_ = -1;          // released entries, linked by age_next
+  uint32_t pool_used_ = 0;          // entries ever used: the rest untouched
+};
+
+// Writes one record as log lines: "<pri>[sssss.uuuuuu] " before each text
+// line, the kernel's \xNN decoded, lines split at decoded newlines and at
+// wbuf, dictionary lines after the body, "[... N bytes missing ...]" at gaps.
+class RecordWriter {
+ public:
+  void init(LineWriter* lines, size_t wbuf, Stats* stats) {
+    lines_ = lines;
+    wbuf_ = wbuf;
+    stats_ = stats;
+  }
+  void write(const Origin& o, const ExtRecord& r);
+
+ private:
+  void text(const char* p, size_t len);
+  void gap(size_t missing);
+  void put(const char* p, size_t len);
+  void newline();
+  void flush_escape();
+  void open_line();
+
+  LineWriter* lines_ = nullptr;
+  Stats* stats_ = nullptr;
+  size_t wbuf_ = 0;
+  Origin origin_;
+  timespec when_;
+  char head_[48];          // "<pri>[sssss.uuuuuu] "
+  size_t head_len_;
+  bool in_body_, open_;
+  size_t line_bytes_;
+  char esc_[4];
+  size_t esc_len_;
+};
+
+// ----------------------------------------------------------------- senders
+
+struct Sender {
+  in6_addr addr;
+  uint16_t port;
+  uint8_t name_len;            // "IP:PORT"
+  char name[kSenderNameMax];
+  int32_t hash_next;           // chain in the hash bucket
+  int32_t lru_prev, lru_next;  // least recently heard first
+  int32_t pend_prev, pend_next;  // senders holding a partial line, oldest first
+  // The partial line: bytes received without their newline yet.
+  char* partial;
+  uint32_t partial_len, partial_cap;
+  timespec partial_time;       // arrival of its first byte
+  NetconsoleState nc;
+  Origin origin() const { return Origin{&addr, name, name_len}; }
+};
+
+// The senders known at once: a fixed array, a hash index and an order of
+// last hearing.  It never writes: before add() reuses the slot of the
+// sender idle longest, the caller writes that sender's pending text.
+class SenderTable {
+ public:
+  bool init(unsigned capacity);
+  ~SenderTable();
+  Sender* find(const in6_addr& addr, uint16_t port);  // and marks it heard now
+  bool full() const { return used_ == capacity_; }
+  Sender* idle_longest() { return &slots_[lru_.head]; }
+  // A new sender: a free slot, or idle_longest()'s when full.
+  Sender* add(const in6_addr& addr, uint16_t port);
+  size_t size() const { return used_; }
+  Sender* slots() { return slots_; }
+  const Sender* slots() const { return slots_; }
+  int32_t index(const Sender* s) const { return int32_t(s - slots_); }
+
+ private:
+  uint32_t bucket(const in6_addr& addr, uint16_t port) const;
+  void unhash(Sender* s);
+
+  Sender* slots_ = nullptr;
+  int32_t* buckets_ = nullptr;
+  uint32_t bucket_mask_ = 0;
+  size_t used_ = 0, capacity_ = 0;
+  IndexList<Sender, &Sender::lru_prev, &Sender::lru_next> lru_;  // idle longest first
+};
+
+// ----------------------------------------------------------------- the core
+
+// Routes each datagram: extended netconsole to Netconsole, everything else
+// into lines joined across datagrams per sender.
+class Assembler : private NetconsoleEvents {
  public:
   bool init(const Options& opts, Output* out);
   ~Assembler();
 
-  // One datagram from addr:port, arrived at `when`.
-  void datagram(const in6_addr& addr, uint16_t port, const char* data,
-                size_t len, const timespec& when);
+  void datagram(const Datagram& d);
 
-  // Writes every partial line that arrived at or before `now - timeout`,
-  // or every partial line when `all` is set (exit).
+  // Writes every partial line and record due at `now` (timeout=), or all
+  // of them when `all` is set (exit).
   void expire(const timespec& now, bool all = false);
 
   // Earliest time a partial line or record times out; {0,0} when none.
   timespec next_deadline() const;
 
-  // The kernel's count of datagrams dropped on this socket (SO_RXQ_OVFL,
-  // cumulative); writes a notice when it grew.
-  void kernel_drops(uint32_t total, const timespec& now);
-
-  // Writes "YYYY-MM-DD hh:mm:ss udplogger: text" into the log.
+  // Writes "STAMP udplogger: text" into the daemon's log.
   void notice(const timespec& now, const char* fmt, ...)
       __attribute__((format(printf, 3, 4)));
 
   // The statistics line (without newline) into buf.
   void format_stats(char* buf, size_t len) const;
 
-  size_t senders() const { return used_; }
+  size_t senders() const { return table_.size(); }
   const Stats& stats() const { return stats_; }
 
  private:
-  Sender* lookup(const in6_addr& addr, uint16_t port, const timespec& when);
-  Sender* take_slot(const timespec& when);
-  void unhash(Sender* s);
-  void put_text(const char* p, size_t len);
-  void write_line(Sender* s, time_t sec, const char* a, size_t alen,
-                  const char* b, size_t blen, bool newline_in_b, bool b_clean = false);
-  void write_partial(Sender* s, const char* rest, size_t rest_len,
-                     bool newline_in_rest);
-  void keep_partial(Sender* s, const char* p, size_t len,
-                    const timespec& when);
-  void text(Sender* s, const char* data, size_t len, const timespec& when);
-  void text_whole(Sender* s, const char* data, size_t len, const timespec& when);
-  void record(Sender* s, const ExtHeader& h, const char* data, size_t len,
-              const timespec& when);
-  void fragment(Sender* s, const ExtHeader& h, const char* data, size_t len,
-                const timespec& when);
-  bool seen_before(Sender* s, uint64_t seq, const timespec& when);
-  void restart_seq(Sender* s, uint64_t seq);
-  void seen_again(Sender* s, uint64_t seq, const timespec& when);
-  void check_release(Sender* s, const ExtHeader& h, const timespec& when);
-  void check_msgid(Sender* s, const char* text, size_t len, const timespec& when);
-  void finish(Reassembly* r, const timespec& now, const char* why);
-  Reassembly* reassembly_for(Sender* s, const ExtHeader& h, const timespec& when);
-  void release_reassembly(Reassembly* r);
-  void drop_inflight(Sender* s, const timespec& now, const char* why);
-  // Writing one record: prefix per line, \xNN decoded, lines split.
-  void rec_begin(Sender* s, unsigned pri, uint64_t usec, time_t sec);
-  void rec_text(const char* p, size_t len);
-  void rec_gap(size_t missing);
-  void rec_end();
-  void rec_put(const char* p, size_t len);
-  void rec_newline();
-  void rec_flush_escape();
-  void notice_sender(const timespec& now, Sender* s, const char* fmt, ...)
-      __attribute__((format(printf, 4, 5)));
-  int32_t index(const Sender* s) const { return int32_t(s - slots_); }
-  uint32_t bucket(const in6_addr& addr, uint16_t port) const;
+  Sender* sender_for(const in6_addr& addr, uint16_t port, const timespec& when);
+  void kernel_drops(uint32_t total, const timespec& now);
+  void join_text(Sender* s, const char* data, size_t len, const timespec& when);
+  void write_line(Sender* s, const timespec& when, const char* a, size_t alen, const char* b,
+                  size_t blen, bool newline_in_b, bool b_clean);
+  void write_partial(Sender* s, const char* rest, size_t rest_len, bool newline_in_rest);
+  void keep_partial(Sender* s, const char* p, size_t len, const timespec& when);
+  void sender_notice(Sender* s, const timespec& when, const char* text);
+  // NetconsoleEvents
+  void record(Sender* s, const ExtRecord& r) override;
+  void notice(Sender* s, const timespec& when, const char* text) override;
+  void text(Sender* s, const char* data, size_t len, const timespec& when) override;
 
   Options opts_;
   Output* out_ = nullptr;
-  StampCache stamps_;
-  Sender* slots_ = nullptr;
-  int32_t* buckets_ = nullptr;
-  uint32_t bucket_mask_ = 0;
-  size_t used_ = 0;
-  IndexList<Sender, &Sender::lru_prev, &Sender::lru_next> lru_;  // idle longest first
-  IndexList<Sender, &Sender::pend_prev, &Sender::pend_next> pending_;  // oldest partial first
-  Reassembly* pool_ = nullptr;      // opts.frags entries
-  IndexList<Reassembly, &Reassembly::age_prev, &Reassembly::age_next> ages_;  // oldest first
-  int32_t free_head_ = -1;          // released entries, linked by age_next
-  uint32_t pool_used_ = 0;          // entries ever used: the rest untouched
-  uint32_t drops_seen_ = 0;
   Stats stats_;
-  // State of the record being written (rec_*).
-  struct RecordLine {
-    char prefix[kSenderNameMax + 64];
-    size_t stamp_len;      // "time sender " for dictionary lines
-    size_t prefix_len;     // plus "<pri>[sssss.uuuuuu] " for text lines
-    bool in_body, open;
-    size_t line_bytes;
-    char esc[4];
-    size_t esc_len;
-  } rl_;
+  LineWriter lines_;
+  RecordWriter records_;
+  SenderTable table_;
+  Netconsole nc_;
+  IndexList<Sender, &Sender::pend_prev, &Sender::pend_next> pending_;  // oldest partial first
+  uint32_t drops_seen_ = 0;
 };
+
+// ============================================================ shell seams
+// Declared here so the tests can drive them; they live in the shell part
+// of udplogger.cpp and do I/O.
+
+// Where finished lines go: the daily file, per-host daily files, stdout.
+// The midnight switch, reopening and write errors belong to the sink.
+class Sink {
+ public:
+  // Writes a batch of lines about host (null: the daemon's own).
+  virtual void write(const in6_addr* host, const iovec* iov, int iovcnt) {
+    (void)host, (void)iov, (void)iovcnt;
+  }
+  // Switches to the new day's file(s) when now has reached next_switch().
+  virtual void tick(time_t now) { (void)now; }
+  // Reopens every file (SIGHUP), after logrotate moved them.
+  virtual void reopen(time_t now) { (void)now; }
+  // When tick() next has work to do; 0: never.
+  virtual time_t next_switch() const { return 0; }
+  // True when writing can no longer succeed (stdout's reader went away).
+  virtual bool gone() const { return false; }
+};
+
+// A log directory held open: files are opened relative to it, without
+// following symbolic links, and only if they are safe to append to.
+struct LogDir {
+  int fd = -1;
+  char path[4096];
+  unsigned perm = 0600;
+};
+
+// Opens dir for writing log files into; false with *why set.
+bool open_log_dir(const char* dir, unsigned perm, LogDir* d, char* why, size_t whylen);
+
+// Opens name inside dirfd for appending: no symbolic link followed, no
+// blocking on a FIFO, only a non-executable regular file; a new file gets
+// exactly perm.  Returns -1 with *why set.
+int open_log_file(int dirfd, const char* name, unsigned perm, char* why, size_t whylen);
+
+// Write errors, said on stderr once per kind rather than once per batch.
+struct WriteErrors {
+  uint64_t bytes_lost = 0;
+  int last_errno = 0;
+};
+
+// DIR/YYYY-MM-DD.log, switched at local midnight.
+class DailyFile : public Sink {
+ public:
+  // Opens today's file; false with *why set ("cannot open log file ...").
+  bool open(const LogDir* dir, time_t now, char* why, size_t whylen);
+  ~DailyFile();
+  void write(const in6_addr* host, const iovec* iov, int iovcnt) override;
+  void tick(time_t now) override;
+  void reopen(time_t now) override;
+  time_t next_switch() const override { return next_switch_; }
+  const char* name() const { return name_; }
+
+ private:
+  bool switch_to(time_t now, char* why, size_t whylen);
+  const LogDir* dir_ = nullptr;
+  int fd_ = -1;
+  char name_[16] = "";
+  time_t next_switch_ = 0;
+  WriteErrors errors_;
+};
+
+// split=host: DIR/ADDR/YYYY-MM-DD.log per sender address, the daemon's own
+// lines in DIR/YYYY-MM-DD.log; at most `files` host files open at once,
+// the least recently written closed first.
+class HostFiles : public Sink {
+ public:
+  bool open(const LogDir* dir, unsigned files, time_t now, char* why, size_t whylen);
+  ~HostFiles();
+  void write(const in6_addr* host, const iovec* iov, int iovcnt) override;
+  void tick(time_t now) override;
+  void reopen(time_t now) override;
+  time_t next_switch() const override { return daemon_.next_switch(); }
+  const char* name() const { return daemon_.name(); }
+  unsigned open_files() const;
+
+ private:
+  struct HostFile {
+    in6_addr host;
+    int fd;              // -1: slot free
+    uint64_t last_used;
+  };
+  int file_for(const in6_addr& host);
+  void close_all();
+
+  const LogDir* dir_ = nullptr;
+  DailyFile daemon_;
+  HostFile* open_ = nullptr;
+  unsigned capacity_ = 0;
+  uint64_t uses_ = 0;
+  time_t today_ = 0;   // the day host files are named after
+  WriteErrors errors_;
+};
+
+// dir=-: lines to standard output, written after every batch.
+class StdoutSink : public Sink {
+ public:
+  void write(const in6_addr* host, const iovec* iov, int iovcnt) override;
+  bool gone() const override { return gone_; }
+
+ private:
+  bool gone_ = false;
+  WriteErrors errors_;
+};
+
+// The shell's clock: wall time now.  The loop takes it as a parameter.
+using Clock = timespec (*)();
 
 }  // namespace ul
 

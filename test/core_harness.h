@@ -1,5 +1,5 @@
-// A core fed by hand, as the unit tests drive it: no sockets, no files,
-// time zone UTC.
+// A core fed by hand, as the unit tests drive it: no sockets, no files, a
+// fake clock (times are arguments) and time zone UTC, restored afterwards.
 #ifndef UDPLOGGER_TEST_CORE_HARNESS_H
 #define UDPLOGGER_TEST_CORE_HARNESS_H
 
@@ -8,6 +8,8 @@
 #include <stdlib.h>
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "udplogger.h"
 
@@ -23,32 +25,87 @@ inline in6_addr v4(const char* ip) {
   return a;
 }
 
-// Collects what the core would write.
+inline in6_addr v6(const char* ip) {
+  in6_addr a = {};
+  inet_pton(AF_INET6, ip, &a);
+  return a;
+}
+
+// Sets TZ for the life of the object and puts the old value back after.
+class ScopedZone {
+ public:
+  explicit ScopedZone(const char* tz) {
+    const char* old = getenv("TZ");
+    had_ = old != nullptr;
+    if (had_) old_ = old;
+    setenv("TZ", tz, 1);
+    tzset();
+  }
+  ~ScopedZone() {
+    if (had_) setenv("TZ", old_.c_str(), 1);
+    else unsetenv("TZ");
+    tzset();
+  }
+
+ private:
+  bool had_;
+  std::string old_;
+};
+
+// The expected prefix of a line, made by hand (not by the code under
+// test): "YYYY-MM-DD hh:mm:ss " for a UTC time T0 + offset, and the sender.
+inline std::string stamp_at(time_t offset) {
+  long s = long(offset);  // T0 is 03:00:00 on 2026-11-22
+  long sod = 3 * 3600 + s;
+  char buf[32];
+  snprintf(buf, sizeof buf, "2026-11-%02ld %02ld:%02ld:%02ld ", 22 + sod / 86400, sod % 86400 / 3600,
+           sod % 3600 / 60, sod % 60);
+  return buf;
+}
+
+// Collects what the core would write, batch by batch, with the host each
+// batch is about ("" for the daemon's own lines).
 struct Capture {
   std::string text;
+  std::vector<std::pair<std::string, std::string>> batches;
   int flushes = 0;
-  static void flush(void* ctx, const iovec* iov, int n) {
+  static void flush(void* ctx, const in6_addr* host, const iovec* iov, int n) {
     auto* c = static_cast<Capture*>(ctx);
     c->flushes++;
+    std::string batch;
     for (int i = 0; i < n; i++)
-      c->text.append(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
+      batch.append(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
+    char name[ul::kHostNameMax] = "";
+    if (host) ul::format_host(*host, name);
+    c->batches.emplace_back(name, batch);
+    c->text += batch;
   }
 };
 
 struct Core {
+  ScopedZone zone{"UTC"};
   ul::Options opts;
   ul::Output out;
   ul::Assembler asm_;
   Capture cap;
   explicit Core(ul::Options o = ul::Options(), size_t arena = 4096) : opts(o) {
-    setenv("TZ", "UTC", 1);
-    tzset();
-    REQUIRE(out.init(arena, Capture::flush, &cap));
+    REQUIRE(out.init(arena, Capture::flush, &cap, o.split == ul::Split::host));
     REQUIRE(asm_.init(opts, &out));
   }
-  void feed(const char* ip, uint16_t port, const std::string& data, timespec when) {
-    asm_.datagram(v4(ip), port, data.data(), data.size(), when);
+  void feed(const in6_addr& addr, uint16_t port, const std::string& data, timespec when,
+            int64_t drops = -1) {
+    ul::Datagram d{};
+    d.addr = addr;
+    d.port = port;
+    d.when = when;
+    d.data = data.data();
+    d.len = data.size();
+    d.kernel_drops = drops;
+    asm_.datagram(d);
     out.flush();  // as the shell does: the datagram's bytes go away now
+  }
+  void feed(const char* ip, uint16_t port, const std::string& data, timespec when) {
+    feed(v4(ip), port, data, when);
   }
   void feed(const char* ip, uint16_t port, const std::string& data, time_t sec) {
     feed(ip, port, data, at(sec));

@@ -116,10 +116,9 @@ TEST_CASE("prefix: sender names and stamps") {
   n = ul::format_sender(a, 65535, name);
   CHECK(std::string(name, n) == "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535");
 
-  setenv("TZ", "UTC", 1);
-  tzset();
-  char stamp[21];
-  ul::format_stamp(T0 + 3723, stamp);
+  ScopedZone utc("UTC");
+  char stamp[ul::kStampMax + 1];
+  CHECK(ul::format_stamp(ul::StampStyle::classic, at(T0 + 3723, 999999999), stamp) == 20);
   CHECK(std::string(stamp) == "2026-11-22 04:02:03 ");
   char file[16];
   ul::log_file_name(T0, file);
@@ -127,15 +126,13 @@ TEST_CASE("prefix: sender names and stamps") {
 }
 
 TEST_CASE("midnight: the next local midnight in several zones") {
-  setenv("TZ", "UTC", 1);
-  tzset();
-  CHECK(ul::next_local_midnight(T0) == T0 + 21 * 3600);
-  CHECK(ul::next_local_midnight(T0 + 21 * 3600) == T0 + 45 * 3600);
-  setenv("TZ", "XXX-5:59:57", 1);  // local = UTC + 5:59:57
-  tzset();
+  {
+    ScopedZone utc("UTC");
+    CHECK(ul::next_local_midnight(T0) == T0 + 21 * 3600);
+    CHECK(ul::next_local_midnight(T0 + 21 * 3600) == T0 + 45 * 3600);
+  }
+  ScopedZone east("XXX-5:59:57");  // local = UTC + 5:59:57
   CHECK(ul::next_local_midnight(T0) == T0 + 15 * 3600 + 3);
-  setenv("TZ", "UTC", 1);
-  tzset();
 }
 
 TEST_CASE("assembly: lines, partial lines joined across datagrams") {

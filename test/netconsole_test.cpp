@@ -355,16 +355,13 @@ TEST_CASE("ext: reassembly memory is bounded: per sender and in all") {
 
 TEST_CASE("notices: kernel drops and statistics") {
   Core c(ul::Options(), 65536);
-  c.asm_.kernel_drops(0, at(T0));
-  c.asm_.kernel_drops(17, at(T0));
-  c.asm_.kernel_drops(17, at(T0));
-  c.asm_.kernel_drops(20, at(T0));
+  for (int64_t drops : {-1, 0, 17, 17, -1, 20}) c.feed(v4("10.0.0.1"), 1, "", at(T0), drops);
   CHECK(c.text() ==
         "2026-11-22 03:00:00 udplogger: 17 datagrams dropped by the kernel: receive buffer full (rbuf=8388608)\n"
         "2026-11-22 03:00:00 udplogger: 3 datagrams dropped by the kernel: receive buffer full (rbuf=8388608)\n");
   char line[512];
   c.asm_.format_stats(line, sizeof line);
-  CHECK(std::string(line).find("statistics: datagrams=0 ") == 0);
+  CHECK(std::string(line).find("statistics: datagrams=6 bytes=0 ") == 0);
   CHECK(std::string(line).find(" kernel_drops=20 ") != std::string::npos);
 }
 

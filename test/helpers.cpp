@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -192,6 +193,31 @@ static pid_t spawn(const std::vector<std::string>& args, const std::vector<std::
   return pid;
 }
 
+pid_t spawn_with_pipe(const std::vector<std::string>& args, int* stdout_fd,
+                      const std::string& err_path) {
+  char path[PATH_MAX];
+  if (!realpath(udplogger_path().c_str(), path)) throw std::runtime_error("no udplogger");
+  std::string cwd = err_path.substr(0, err_path.rfind('/'));
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) < 0) throw std::runtime_error("pipe failed");
+  pid_t pid = fork();
+  if (pid == 0) {
+    int e = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(p[1], 1);
+    dup2(e, 2);
+    if (chdir(cwd.c_str()) < 0) _exit(126);
+    std::vector<char*> argv;
+    argv.push_back(path);
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(path, argv.data());
+    _exit(127);
+  }
+  close(p[1]);
+  *stdout_fd = p[0];
+  return pid;
+}
+
 static int decode_status(int st) {
   return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
@@ -221,7 +247,10 @@ Daemon::Daemon(std::vector<std::string> args, const std::vector<std::string>& en
   args.push_back("port=" + std::to_string(port_));
   pid_ = spawn(args, env, dir_ + "/../stdout", dir_ + "/../stderr");
   bool up = wait_for([&] {
-    if (out().find("listening on") != std::string::npos) return true;
+    // The start-up line is on stdout, or on stderr when stdout is the log.
+    if (out().find("listening on") != std::string::npos ||
+        err().find("listening on") != std::string::npos)
+      return true;
     int st;
     if (waitpid(pid_, &st, WNOHANG) == pid_) pid_ = -1;
     return pid_ < 0;

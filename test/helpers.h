@@ -68,6 +68,11 @@ class Daemon {
   pid_t pid_ = -1;
 };
 
+// Starts udplogger in the directory of err_path, with stdout into a pipe
+// (*stdout_fd, the read end) and stderr into err_path; returns its pid.
+pid_t spawn_with_pipe(const std::vector<std::string>& args, int* stdout_fd,
+                      const std::string& err_path);
+
 // Path of the daemon under test.
 std::string udplogger_path();
 

@@ -63,9 +63,18 @@ std::vector<KernelRecord> load_kmsg(const std::string& set) {
   return out;
 }
 
+// Written here, not with the core's escaping, so the check is independent.
 std::string log_escape(const std::string& s) {
-  std::string out(s.size() * 4, '\0');
-  out.resize(ul::escape_text(s.data(), s.size(), &out[0]));
+  std::string out;
+  for (unsigned char c : s) {
+    if ((c < 0x20 && c != '\t') || c == 0x7f) {
+      char buf[5];
+      snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    } else {
+      out += char(c);
+    }
+  }
   return out;
 }
 

@@ -390,14 +390,20 @@ TEST_CASE("daemon: every capture replayed over loopback reads as the kernel logg
   CHECK(count_of(log, "kernel release 6.12.117+deb12-cloud-amd64\n") == 2);
 }
 
-TEST_CASE("daemon: fragments lost on the way give a marked record and a notice") {
+TEST_CASE("daemon: after timeout= a partial line and a record missing fragments are written") {
   Daemon d({"timeout=5"});
   REQUIRE(d.running());
-  Sender s;
+  Sender s, t;
   auto f = fragments_of(42, std::string(1000, 'x') + std::string(1000, 'y') + "tail\n", 1000);
+  double sent = now_seconds();
   s.send(d.port_, f[2]);
   s.send(d.port_, f[0]);
-  REQUIRE(d.wait_log("bytes missing ...]", 9));
+  t.send(d.port_, "waiting for a newline");
+  REQUIRE(d.wait_log("waiting for a newline\n", 10));
+  double waited = now_seconds() - sent;
+  CHECK(waited >= 4.5);
+  CHECK(waited < 7.5);
+  REQUIRE(d.wait_log("bytes missing ...]", 3));
   std::string log = d.log();
   CHECK(count_of(log, "udplogger: 127.0.0.1:" + std::to_string(s.port()) +
                           ": record seq 42 incomplete after timeout=: 1000 of 2005 bytes missing\n") == 1);

@@ -23,6 +23,30 @@
 
 extern char** environ;
 
+bool have_ipv6_loopback() {
+  int fd = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_in6 a = {};
+  a.sin6_family = AF_INET6;
+  a.sin6_addr = in6addr_loopback;
+  bool ok = bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+  close(fd);
+  return ok;
+}
+
+bool have_ipv6_sockets() {
+  int fd = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd >= 0) close(fd);
+  return fd >= 0;
+}
+
+bool is_root() { return geteuid() == 0; }
+
+doctest::skip skip_unless(bool can_run, const char* test, const char* why) {
+  if (!can_run) printf("[skipped] %s: %s\n", test, why);
+  return doctest::skip(!can_run);
+}
+
 double now_seconds() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -76,13 +100,23 @@ int free_udp_port() {
     int port = next++;
     if (next > 60000) next = 20000;
     int fd6 = socket(AF_INET6, SOCK_DGRAM, 0);
-    sockaddr_in6 a = {};
-    a.sin6_family = AF_INET6;
-    a.sin6_port = htons(uint16_t(port));
-    int off = 0;
-    setsockopt(fd6, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off);
-    bool ok = bind(fd6, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-    close(fd6);
+    bool ok;
+    if (fd6 >= 0) {
+      sockaddr_in6 a = {};
+      a.sin6_family = AF_INET6;
+      a.sin6_port = htons(uint16_t(port));
+      int off = 0;
+      setsockopt(fd6, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off);
+      ok = bind(fd6, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+      close(fd6);
+    } else {  // no IPv6 at all: the daemon binds IPv4 alone
+      int fd4 = socket(AF_INET, SOCK_DGRAM, 0);
+      sockaddr_in a = {};
+      a.sin_family = AF_INET;
+      a.sin_port = htons(uint16_t(port));
+      ok = bind(fd4, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+      close(fd4);
+    }
     if (ok) return port;
   }
 }

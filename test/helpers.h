@@ -2,11 +2,21 @@
 #ifndef UDPLOGGER_TEST_HELPERS_H
 #define UDPLOGGER_TEST_HELPERS_H
 
+#include <doctest.h>
 #include <sys/types.h>
 
 #include <functional>
 #include <string>
 #include <vector>
+
+// What this host allows; tests that need more are skipped, saying why.
+bool have_ipv6_loopback();  // ::1 can be bound
+bool have_ipv6_sockets();   // AF_INET6 sockets exist: the daemon binds [::]
+bool is_root();
+
+// A test decorator: skips the test when `can_run` is false and says why
+// on stdout, so a test that cannot run here never counts as passed.
+doctest::skip skip_unless(bool can_run, const char* test, const char* why);
 
 // Polls cond every 10 ms until it holds or `seconds` pass.
 bool wait_for(const std::function<bool()>& cond, double seconds = 5.0);

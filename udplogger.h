@@ -119,7 +119,10 @@ class Output {
 
   bool init(size_t arena_bytes, FlushFn fn, void* ctx, bool by_host);
   ~Output();
-  void to(const in6_addr* host);              // the lines that follow are about host
+  // The lines that follow are about host; only matters when grouped by host.
+  void to(const in6_addr* host) {
+    if (by_host_) switch_host(host);
+  }
   void ref(const char* p, size_t len);        // zero copy; valid until flush
   void copy(const char* p, size_t len);
   void copy_escaped(const char* p, size_t len);
@@ -129,6 +132,7 @@ class Output {
  private:
   char* reserve(size_t want, size_t* got);
   void push(const char* p, size_t len);
+  void switch_host(const in6_addr* host);
 
   static constexpr int kMaxIov = 1024;
   iovec iov_[kMaxIov];
@@ -231,10 +235,6 @@ struct ExtHeader {
 // True when data starts with an extended netconsole header (parsed into
 // *h); false for anything else, which is plain text.
 bool parse_ext_header(const char* data, size_t len, ExtHeader* h);
-
-// Decodes the kernel's \xNN escapes; an incomplete or invalid escape stays
-// as it is.  dst needs room for len bytes; returns the bytes written.
-size_t kernel_unescape(const char* src, size_t len, char* dst);
 
 // Longest record the kernel sends (CONSOLE_EXT_LOG_MAX): body, newline and
 // dictionary, escaped.
@@ -423,7 +423,6 @@ class SenderTable {
 class Assembler : private NetconsoleEvents {
  public:
   bool init(const Options& opts, Output* out);
-  ~Assembler();
 
   void datagram(const Datagram& d);
 
@@ -563,6 +562,8 @@ class HostFiles : public Sink {
   unsigned capacity_ = 0;
   uint64_t uses_ = 0;
   time_t today_ = 0;   // the day host files are named after
+  bool has_failed_ = false;
+  in6_addr failed_host_;  // the last host whose file could not be opened
   WriteErrors errors_;
 };
 

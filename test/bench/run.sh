@@ -7,7 +7,9 @@
 #
 # Environment: BENCH_REPS (3), BENCH_COUNT (200000 paced datagrams),
 # BENCH_RATE (45000/s), BENCH_BURST (1000000), BENCH_ONLY (scenario names,
-# space separated: all when unset).
+# space separated: all when unset), BENCH_RECEIVERS (receivers to run: all
+# available when unset), BENCH_BASELINE (another udplogger binary, such as
+# the previous commit's, measured in the same runs as "baseline").
 set -u
 cd "$(dirname "$0")/../.."
 top=$PWD
@@ -25,6 +27,8 @@ have() { command -v "$1" >/dev/null 2>&1; }
 receivers="null udplogger plain"
 have rsyslogd && receivers="$receivers rsyslog" || echo "bench: rsyslogd not installed (apt-get install rsyslog): skipped"
 have socat && receivers="$receivers socat" || echo "bench: socat not installed (apt-get install socat): skipped"
+[ -n "${BENCH_BASELINE:-}" ] && receivers="$receivers baseline"
+[ -n "${BENCH_RECEIVERS:-}" ] && receivers="$BENCH_RECEIVERS"
 have perf || echo "bench: perf not installed (apt-get install linux-perf): no syscall counts"
 
 # CPU nanoseconds used so far by all threads of pid.
@@ -58,6 +62,7 @@ start_receiver() {
     null) "$bin/nullrecv" "$p" 8388608 >"$d/null.out" 2>&1 & ;;
     plain) "$bin/nullrecv" "$p" 8388608 "$d/plain.log" >"$d/null.out" 2>&1 & ;;
     udplogger) "$top/udplogger" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
+    baseline) "$BENCH_BASELINE" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
     socat) socat -u UDP6-RECV:"$p",rcvbuf=8388608 OPEN:"$d/socat.log",creat,append >"$d/socat.out" 2>&1 & ;;
     rsyslog)
       cat >"$d/rsyslog.conf" <<EOF
@@ -78,7 +83,7 @@ received() {
   case $r in
     null) awk '/received/ { print $3 }' "$d/null.out" ;;
     plain) grep -cE '(^| )seq=[0-9]{10} ' "$d/plain.log" 2>/dev/null || echo 0 ;;
-    udplogger) cat "$d"/*.log 2>/dev/null | grep -cE '(^| )seq=[0-9]{10} ' ;;
+    udplogger|baseline) cat "$d"/*.log 2>/dev/null | grep -cE '(^| )seq=[0-9]{10} ' ;;
     socat) grep -cE '(^| )seq=[0-9]{10} ' "$d/socat.log" 2>/dev/null || echo 0 ;;
     rsyslog) grep -cE '(^| )seq=[0-9]{10} ' "$d/rsyslog.log" 2>/dev/null || echo 0 ;;
   esac
@@ -130,6 +135,7 @@ measure() {
 run_scenario() {
   local name=$1 gen=$2 lines=$3 dgrams=$4 extra=$5 only=${6:-$receivers} rep r
   [ -z "${BENCH_ONLY:-}" ] || [[ " $BENCH_ONLY " == *" $name "* ]] || return 0
+  [ -n "${BENCH_BASELINE:-}" ] && [[ " $only " != *" baseline "* ]] && only="$only baseline"
   echo "bench: $name ($reps runs each: $only)" >&2
   for rep in $(seq "$reps"); do
     for r in $only; do measure "$name" "$r" "$gen" "$lines" "$dgrams" "$extra"; done

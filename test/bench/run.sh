@@ -9,7 +9,9 @@
 # BENCH_RATE (45000/s), BENCH_BURST (1000000), BENCH_ONLY (scenario names,
 # space separated: all when unset), BENCH_RECEIVERS (receivers to run: all
 # available when unset), BENCH_BASELINE (another udplogger binary, such as
-# the previous commit's, measured in the same runs as "baseline").
+# the previous commit's, measured in the same runs as "baseline"), BENCH_RESULTS
+# (a file to keep the raw results in: scenario receiver ns lost hwm syscalls
+# lines-per-write, one line per run).
 set -u
 cd "$(dirname "$0")/../.."
 top=$PWD
@@ -207,4 +209,5 @@ targets() {
 report >"$work/table"
 cat "$work/table"
 targets "$work/table"
+[ -n "${BENCH_RESULTS:-}" ] && cp "$results" "$BENCH_RESULTS"  # one line per run, for per-run ratios
 rm -rf "$work"

@@ -1283,12 +1283,17 @@ void RecordWriter::gap(size_t missing) {
 namespace ul {
 namespace {
 
-void warn(const char* fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
+// One line on stderr: "udplogger: text".
+void vwarn(const char* fmt, va_list ap) {
   fputs("udplogger: ", stderr);
   vfprintf(stderr, fmt, ap);
   fputc('\n', stderr);
+}
+
+void warn(const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vwarn(fmt, ap);
   va_end(ap);
 }
 
@@ -1551,9 +1556,7 @@ constexpr long kCoalesceMaxNs = 5000000;  // a batch gathers for up to 5 ms, und
 [[noreturn]] void die(const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  fputs("udplogger: ", stderr);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
+  vwarn(fmt, ap);
   va_end(ap);
   exit(1);
 }

@@ -63,21 +63,6 @@ inline std::string stamp_at(time_t offset) {
   return buf;
 }
 
-// Control bytes but TAB as \\xNN, written here without the core's code.
-inline std::string hex_escaped(const std::string& s) {
-  std::string out;
-  for (unsigned char c : s) {
-    if ((c < 0x20 && c != '\t') || c == 0x7f) {
-      char buf[5];
-      snprintf(buf, sizeof buf, "\\x%02x", c);
-      out += buf;
-    } else {
-      out += char(c);
-    }
-  }
-  return out;
-}
-
 // Collects what the core would write, batch by batch, with the host each
 // batch is about ("" for the daemon's own lines).
 struct Capture {

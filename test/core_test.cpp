@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core_harness.h"
+#include "netconsole.h"
 #include "udplogger.h"
 
 using ul::Options;
@@ -256,7 +257,7 @@ TEST_CASE("output: flushes as the arena fills, nothing lost") {
   for (int i = 0; i < 300; i++) {
     std::string line = "line " + std::to_string(i) + std::string(size_t(i), '\x01');
     c.feed("10.0.0.1", 1, line + "\n", T0);
-    expect += stamp_at(0) + "10.0.0.1:1 " + hex_escaped(line) + "\n";
+    expect += stamp_at(0) + "10.0.0.1:1 " + log_escape(line) + "\n";
   }
   CHECK(c.text() == expect);
   CHECK(c.cap.flushes > 10);
@@ -276,7 +277,7 @@ TEST_CASE("assembly: the 8-byte scan finds every control byte, at every position
         c.asm_.expire(at(T0 + 100), true);
         want += "2026-11-22 03:00:00 10.0.0.1:1 " + line.substr(pos % 23 + 1) + "\n";
       } else {
-        want = stamp_at(0) + "10.0.0.1:1 " + hex_escaped(line) + "\n";
+        want = stamp_at(0) + "10.0.0.1:1 " + log_escape(line) + "\n";
       }
       CHECK_MESSAGE(c.text() == want, int(ctl) << " at " << pos);
     }

@@ -461,22 +461,6 @@ bool read_until(int fd, std::string* got, const std::string& text, double second
   }, seconds);
 }
 
-// The descriptors of pid that point into dir.
-size_t fds_into(pid_t pid, const std::string& dir) {
-  std::string fds = "/proc/" + std::to_string(pid) + "/fd";
-  size_t n = 0;
-  DIR* d = opendir(fds.c_str());
-  if (!d) return 0;
-  while (dirent* e = readdir(d)) {
-    char target[4096];
-    ssize_t len = readlink((fds + "/" + e->d_name).c_str(), target, sizeof target - 1);
-    if (len > 0 && std::string(target, size_t(len)).compare(0, dir.size() + 1, dir + "/") == 0)
-      n++;
-  }
-  closedir(d);
-  return n;
-}
-
 }  // namespace
 
 TEST_CASE("daemon: dir=- writes lines to stdout, no file, and exits 0 when the reader goes away") {
@@ -534,7 +518,7 @@ TEST_CASE("daemon: split=host writes DIR/ADDR/ files, at most files= open, own n
     for (size_t i = 0; i < senders.size(); i++)
       senders[i]->send(d.port_, "round " + std::to_string(round) + " from " + std::to_string(i) + "\n");
     for (int k = 0; k < 20; k++) {
-      most_open = std::max(most_open, fds_into(d.pid_, d.dir_));
+      most_open = std::max(most_open, fds_into(std::to_string(d.pid_), d.dir_));
       usleep(1000);
     }
   }

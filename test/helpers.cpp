@@ -191,6 +191,21 @@ void Sender::send(int to_port, const std::string& data, const char* to_ip) {
     throw std::runtime_error(std::string("sendto: ") + strerror(errno));
 }
 
+size_t fds_into(const std::string& pid, const std::string& dir) {
+  std::string fds = "/proc/" + pid + "/fd";
+  size_t n = 0;
+  DIR* d = opendir(fds.c_str());
+  if (!d) return 0;
+  while (dirent* e = readdir(d)) {
+    char target[4096];
+    ssize_t len = readlink((fds + "/" + e->d_name).c_str(), target, sizeof target - 1);
+    if (len > 0 && std::string(target, size_t(len)).compare(0, dir.size() + 1, dir + "/") == 0)
+      n++;
+  }
+  closedir(d);
+  return n;
+}
+
 std::string udplogger_path() {
   const char* p = getenv("UDPLOGGER");
   return p ? p : "../udplogger";

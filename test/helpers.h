@@ -83,6 +83,9 @@ class Daemon {
 pid_t spawn_with_pipe(const std::vector<std::string>& args, int* stdout_fd,
                       const std::string& err_path);
 
+// How many of pid's descriptors ("self" for this process) point into dir.
+size_t fds_into(const std::string& pid, const std::string& dir);
+
 // Path of the daemon under test.
 std::string udplogger_path();
 

@@ -257,20 +257,6 @@ std::string stderr_of(F f) {
   return read_file(path);
 }
 
-size_t open_fds_under(const std::string& dir) {
-  size_t n = 0;
-  DIR* d = opendir("/proc/self/fd");
-  while (dirent* e = readdir(d)) {
-    char target[4096];
-    ssize_t len = readlink(("/proc/self/fd/" + std::string(e->d_name)).c_str(), target,
-                           sizeof target - 1);
-    if (len > 0 && std::string(target, size_t(len)).compare(0, dir.size() + 1, dir + "/") == 0)
-      n++;
-  }
-  closedir(d);
-  return n;
-}
-
 }  // namespace
 
 TEST_CASE("sink: the daily file switches at local midnight on a fake clock") {
@@ -334,7 +320,7 @@ TEST_CASE("sink: split=host files per address, at most files= open, daemon lines
       iovec v = piece(text.c_str());
       h.write(&hosts[i], &v, 1);
       CHECK(h.open_files() <= 3);
-      CHECK(open_fds_under(d.path) <= 3 + 1);  // host files and the daemon's day file
+      CHECK(fds_into("self", d.path) <= 3 + 1);  // host files and the daemon's day file
     }
   }
   iovec own = piece("udplogger: own\n");

@@ -252,6 +252,9 @@ void put2(char* p, int v) {
   p[1] = char('0' + v % 10);
 }
 
+// Where the six digits of the microsecond stand in an ISO stamp.
+constexpr size_t kIsoMicros = 20;
+
 // The six digits of the microsecond at p.
 void put_micros(char* p, long nsec) {
   long us = nsec / 1000;
@@ -298,7 +301,7 @@ size_t format_stamp(StampStyle style, const timespec& t, char out[kStampMax + 1]
   size_t n = 19;
   if (style == StampStyle::iso) {
     out[19] = '.';
-    put_micros(out + 20, t.tv_nsec);
+    put_micros(out + kIsoMicros, t.tv_nsec);
     long off = tm.tm_gmtoff / 60;  // minutes east of UTC
     out[26] = off < 0 ? '-' : '+';
     if (off < 0) off = -off;
@@ -449,7 +452,7 @@ void LineWriter::begin(const Origin& o, const timespec& when) {
     stamp_len_ = format_stamp(style_, when, stamp_);
     stamp_sec_ = when.tv_sec;
   } else if (style_ == StampStyle::iso) {
-    put_micros(stamp_ + 20, when.tv_nsec);
+    put_micros(stamp_ + kIsoMicros, when.tv_nsec);
   }
   out_->to(o.host);
   char* d = out_->claim(stamp_len_ + o.name_len + 1);

@@ -7,13 +7,13 @@ WARNINGS = -Wall -Wextra
 # No exceptions and no RTTI: the daemon needs nothing from libstdc++, so
 # it links against libc alone.
 DAEMON_FLAGS = -std=c++17 -fno-exceptions -fno-rtti $(WARNINGS) $(HARDENING)
-DAEMON_LDFLAGS = -pie -Wl,-z,relro,-z,now -Wl,--as-needed -static-libstdc++ -static-libgcc
+DAEMON_LDFLAGS = -pie -Wl,-z,relro,-z,now -Wl,--as-needed
 TEST_FLAGS = -std=c++17 $(WARNINGS) -I. -I/usr/include/doctest
 PREFIX ?= /usr/local
 SBINDIR ?= $(PREFIX)/sbin
 MANDIR ?= $(PREFIX)/share/man
 
-TEST_SOURCES = test/main.cpp test/core_test.cpp test/daemon_test.cpp test/netconsole_test.cpp test/output_test.cpp test/helpers.cpp test/netconsole.cpp
+TEST_SOURCES = test/main.cpp test/core_test.cpp test/daemon_test.cpp test/netconsole_test.cpp test/output_test.cpp test/systemd_test.cpp test/helpers.cpp test/netconsole.cpp
 
 .PHONY: all check check-asan bench clean install
 

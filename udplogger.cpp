@@ -11,7 +11,9 @@
 //   netconsole     extended header parsing, Netconsole (SEQ, msgid,
 //                  reassembly) and RecordWriter (a record as lines)
 // The shell does the I/O:
-//   listener       create / tune / describe the UDP socket
+//   listener       create (or inherit by socket activation) / tune /
+//                  describe the UDP sockets
+//   notify         systemd's readiness protocol
 //   sinks          log directory and files: DailyFile, HostFiles, StdoutSink
 //   privileges     dropping uid and gid
 //   receive        recvmmsg into the ring, one Datagram per message
@@ -36,7 +38,9 @@
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <stddef.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 namespace ul {
@@ -62,8 +66,9 @@ const char kUsage[] =
     "               2026-11-22T02:04:05.123456+09:00\n"
     "  split=none|host  one daily file (default), or DIR/ADDR/ per sender address\n"
     "  files=N      split=host: log files open at once, 1..65536 (default 64)\n"
+    "  debug=0|1    trace every datagram on stderr: sender, length, what became of it\n"
     "  --help, --version\n"
-    "Every key=value may also be written --key=value.\n";
+    "Every key=value may also be written --key=value or --key value.\n";
 
 namespace {
 
@@ -90,6 +95,7 @@ const NumberOption kNumberOptions[] = {
     {"rbuf", 65536, 1UL << 30, 10}, {"uid", 0, 4294967294UL, 10},
     {"gid", 0, 4294967294UL, 10},  {"perm", 0, 0777, 8},
     {"frags", 4, 4096, 10},        {"files", 1, 65536, 10},
+    {"debug", 0, 1, 10},
 };
 
 void store_number(Options* o, const char* key, unsigned long v) {
@@ -103,6 +109,7 @@ void store_number(Options* o, const char* key, unsigned long v) {
   else if (!strcmp(key, "perm")) o->perm = unsigned(v);
   else if (!strcmp(key, "frags")) o->frags = unsigned(v);
   else if (!strcmp(key, "files")) o->files = unsigned(v);
+  else if (!strcmp(key, "debug")) o->debug = unsigned(v);
 }
 
 ParseStatus parse_number_option(const NumberOption& n, const char* value, Options* o,
@@ -196,10 +203,16 @@ ParseStatus parse_options(int argc, char* const* argv, Options* o, char* err,
     const char* arg = argv[i];
     if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) return ParseStatus::help;
     if (!strcmp(arg, "--version") || !strcmp(arg, "-V")) return ParseStatus::version;
-    if (!strncmp(arg, "--", 2)) arg += 2;
+    bool dashed = !strncmp(arg, "--", 2);
+    if (dashed) arg += 2;
     const char* eq = strchr(arg, '=');
-    ParseStatus st = eq ? parse_one(arg, size_t(eq - arg), eq + 1, o, err, errlen)
-                        : ParseStatus::usage_error;
+    ParseStatus st;
+    if (eq)
+      st = parse_one(arg, size_t(eq - arg), eq + 1, o, err, errlen);
+    else if (dashed && i + 1 < argc)  // GNU style: --key value
+      st = parse_one(arg, strlen(arg), argv[++i], o, err, errlen);
+    else
+      st = ParseStatus::usage_error;
     if (st == ParseStatus::usage_error)
       snprintf(err, errlen, "unknown option '%s'", argv[i]);
     if (st != ParseStatus::ok) return st;
@@ -596,10 +609,24 @@ bool Assembler::init(const Options& opts, Output* out) {
 }
 
 void Assembler::datagram(const Datagram& d) {
+  ExtHeader h;
+  bool ext = false;
+  if (!trace_) {
+    route(d, &h, &ext);
+    return;
+  }
+  Stats before = stats_;
+  const Sender* s = route(d, &h, &ext);
+  trace(d, s, ext ? &h : nullptr, before);
+}
+
+// Takes one datagram to where it belongs; returns its sender (null for an
+// empty datagram), *ext set when it was extended netconsole, parsed in *h.
+const Sender* Assembler::route(const Datagram& d, ExtHeader* h, bool* ext) {
   if (d.kernel_drops >= 0) kernel_drops(uint32_t(d.kernel_drops), d.when);
   stats_.datagrams++;
   stats_.bytes += d.len;
-  if (d.len == 0) return;
+  if (d.len == 0) return nullptr;
   Sender* s = sender_for(d.addr, d.port, d.when);
   if (d.truncated) {
     char text[96];
@@ -608,11 +635,41 @@ void Assembler::datagram(const Datagram& d) {
   }
   // A header counts only at the start of a line: a datagram that continues
   // a partial line is text, whatever it looks like.
-  ExtHeader h;
-  if (opts_.ext == Ext::automatic && s->partial_len == 0 && parse_ext_header(d.data, d.len, &h))
-    nc_.feed(s, h, d.data, d.len, d.when);
-  else
-    join_text(s, d.data, d.len, d.when);
+  *ext = opts_.ext == Ext::automatic && s->partial_len == 0 && parse_ext_header(d.data, d.len, h);
+  if (*ext) nc_.feed(s, *h, d.data, d.len, d.when);
+  else join_text(s, d.data, d.len, d.when);
+  return s;
+}
+
+// debug=1: one line per datagram, like sshd -d: who, how long, and what
+// became of it, told from what it changed in the statistics.
+void Assembler::trace(const Datagram& d, const Sender* s, const ExtHeader* h,
+                      const Stats& before) {
+  char who[kSenderNameMax], what[160], line[400];
+  format_sender(d.addr, d.port, who);
+  unsigned long long lines = stats_.lines - before.lines;
+  if (!s) {
+    snprintf(what, sizeof what, "empty: nothing to write");
+  } else if (!h) {
+    snprintf(what, sizeof what, "text: %llu line%s written, %u bytes wait for a newline", lines,
+             lines == 1 ? "" : "s", s->partial_len);
+  } else if (stats_.malformed > before.malformed) {
+    snprintf(what, sizeof what, "extended seq %llu: malformed, written as text (%llu lines)",
+             (unsigned long long)h->seq, lines);
+  } else if (stats_.duplicates > before.duplicates) {
+    snprintf(what, sizeof what, "extended fragment seq %llu ncfrag=%u/%u: dropped, its record "
+             "was written already", (unsigned long long)h->seq, h->frag_off, h->frag_total);
+  } else if (h->fragment) {
+    snprintf(what, sizeof what, "extended fragment seq %llu ncfrag=%u/%u (%zu bytes): %s",
+             (unsigned long long)h->seq, h->frag_off, h->frag_total, d.len - h->body,
+             stats_.reassembled > before.reassembled ? "record complete, written"
+                                                     : "held for reassembly");
+  } else {
+    snprintf(what, sizeof what, "extended record seq %llu <%u>: %llu line%s written",
+             (unsigned long long)h->seq, h->pri, lines, lines == 1 ? "" : "s");
+  }
+  snprintf(line, sizeof line, "debug: %s %zu bytes: %s", who, d.len, what);
+  trace_(line);
 }
 
 // The sender's slot.  A new sender in a full table takes the slot of the
@@ -1572,10 +1629,13 @@ timespec wall_clock() {
 
 // ---------------------------------------------------------------- listener
 
+constexpr int kMaxListeners = 16;
+
 struct Listener {
   int fd = -1;
   char where[INET6_ADDRSTRLEN + 16];  // "[::]:6666" for messages
   bool dual_stack = false;
+  bool inherited = false;             // handed in by systemd or a parent
   int rbuf_granted = 0;
 };
 
@@ -1627,15 +1687,51 @@ void create_listener(const Options& o, Listener* l) {
     die("cannot bind UDP %s: %s", l->where, strerror(errno));
 }
 
+// Socket activation: systemd (or any parent holding the sockets across
+// restarts) passes them as fds 3.. with LISTEN_FDS and LISTEN_PID.  Each
+// must be a UDP socket; returns how many were taken, 0 when none passed.
+int inherit_listeners(Listener* ls) {
+  const char* pid = getenv("LISTEN_PID");
+  const char* fds = getenv("LISTEN_FDS");
+  if (!pid || !fds || strtol(pid, nullptr, 10) != long(getpid())) return 0;
+  long n = strtol(fds, nullptr, 10);
+  if (n < 1 || n > kMaxListeners)
+    die("socket activation: LISTEN_FDS=%s: expected 1..%d UDP sockets", fds, kMaxListeners);
+  for (int i = 0; i < int(n); i++) {
+    int fd = 3 + i, type = 0, domain = 0;
+    socklen_t len = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+      die("socket activation: fd %d: not a socket: %s", fd, strerror(errno));
+    len = sizeof domain;
+    getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len);
+    if (type != SOCK_DGRAM || (domain != AF_INET && domain != AF_INET6))
+      die("socket activation: fd %d is not a UDP socket (ListenDatagram= in the .socket unit)",
+          fd);
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    ls[i].fd = fd;
+    ls[i].inherited = true;
+  }
+  unsetenv("LISTEN_PID");  // not for any child
+  unsetenv("LISTEN_FDS");
+  unsetenv("LISTEN_FDNAMES");
+  return int(n);
+}
+
 // Sets what the loop relies on: the receive buffer, kernel arrival times
-// and the drop counter.  Works on any UDP socket, made here or handed in.
+// and the drop counter.  Works on any UDP socket, made here or handed in;
+// a buffer the socket unit already made larger is kept.
 void tune_listener(const Options& o, Listener* l) {
   int rbuf = int(o.rbuf);
-  if (setsockopt(l->fd, SOL_SOCKET, SO_RCVBUFFORCE, &rbuf, sizeof rbuf) < 0 &&
-      setsockopt(l->fd, SOL_SOCKET, SO_RCVBUF, &rbuf, sizeof rbuf) < 0)
-    die("cannot set receive buffer of %s to %d: %s", l->where, rbuf, strerror(errno));
   socklen_t len = sizeof l->rbuf_granted;
   getsockopt(l->fd, SOL_SOCKET, SO_RCVBUF, &l->rbuf_granted, &len);
+  if (!l->inherited || l->rbuf_granted / 2 < rbuf) {  // the kernel reports twice the size set
+    if (setsockopt(l->fd, SOL_SOCKET, SO_RCVBUFFORCE, &rbuf, sizeof rbuf) < 0 &&
+        setsockopt(l->fd, SOL_SOCKET, SO_RCVBUF, &rbuf, sizeof rbuf) < 0)
+      die("cannot set receive buffer of %s to %d: %s", l->where, rbuf, strerror(errno));
+    len = sizeof l->rbuf_granted;
+    getsockopt(l->fd, SOL_SOCKET, SO_RCVBUF, &l->rbuf_granted, &len);
+  }
   int on = 1;
   if (setsockopt(l->fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on) < 0 &&
       setsockopt(l->fd, SOL_SOCKET, SO_TIMESTAMP, &on, sizeof on) < 0)
@@ -1654,6 +1750,47 @@ void describe_listener(Listener* l) {
   len = sizeof v6only;
   l->dual_stack = ss.ss_family == AF_INET6 &&
                   getsockopt(l->fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &len) == 0 && !v6only;
+}
+
+// ------------------------------------------------------------------ notify
+
+// systemd's readiness protocol, without libsystemd: one datagram per state
+// to $NOTIFY_SOCKET ("/path" or "@abstract").  Connected before privileges
+// are dropped; a failure is said once and never stops the daemon.
+struct Notifier {
+  int fd = -1;
+};
+
+void notify_open(Notifier* n) {
+  const char* path = getenv("NOTIFY_SOCKET");
+  if (!path || (path[0] != '/' && path[0] != '@')) return;
+  sockaddr_un sa = {};
+  sa.sun_family = AF_UNIX;
+  size_t len = strlen(path);
+  if (len >= sizeof sa.sun_path) {
+    warn("NOTIFY_SOCKET=%s: path too long; not notifying systemd", path);
+    return;
+  }
+  memcpy(sa.sun_path, path, len);
+  if (path[0] == '@') sa.sun_path[0] = '\0';
+  n->fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (n->fd < 0 || connect(n->fd, reinterpret_cast<sockaddr*>(&sa),
+                           socklen_t(offsetof(sockaddr_un, sun_path) + len)) < 0) {
+    warn("NOTIFY_SOCKET=%s: %s; not notifying systemd", path, strerror(errno));
+    if (n->fd >= 0) close(n->fd);
+    n->fd = -1;
+  }
+  unsetenv("NOTIFY_SOCKET");
+}
+
+void notify(const Notifier& n, const char* fmt, ...) {
+  if (n.fd < 0) return;
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  int len = vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (len > 0) send(n.fd, msg, size_t(len) < sizeof msg ? size_t(len) : sizeof msg - 1, MSG_NOSIGNAL);
 }
 
 // ------------------------------------------------------------- privileges
@@ -1784,7 +1921,8 @@ int receive_batch(int fd, Ring* r, Assembler* a, Clock clock) {
 // Everything the loop works with; static storage, set up once.
 struct Server {
   Options opts;
-  Listener listener;
+  Listener listeners[kMaxListeners];
+  int nlisteners = 0;
   LogDir dir;
   DailyFile daily;
   HostFiles hosts;
@@ -1793,6 +1931,7 @@ struct Server {
   Output out;
   Assembler assembler;
   Ring ring;
+  Notifier notifier;
   int sigfd = -1, ep = -1;
   Clock clock = wall_clock;
 };
@@ -1800,6 +1939,8 @@ struct Server {
 void write_to_sink(void* ctx, const in6_addr* host, const iovec* iov, int iovcnt) {
   static_cast<Sink*>(ctx)->write(host, iov, iovcnt);
 }
+
+void trace_to_stderr(const char* line) { fprintf(stderr, "udplogger: %s\n", line); }
 
 int milliseconds_until(const timespec& due, const timespec& now) {
   long long ms = (long long)(due.tv_sec - now.tv_sec) * 1000 +
@@ -1822,42 +1963,60 @@ int open_signals() {
   return fd;
 }
 
-// The start-up line: on stdout, or on stderr when stdout carries the log.
-void print_startup(const Server& s) {
+// "listening on UDP ..., writing ...; options": the start-up line on
+// stdout, the start notice in the log and systemd's status.
+void describe_start(const Server& s, char* out, size_t len) {
   const Options& o = s.opts;
-  FILE* f = o.to_stdout() ? stderr : stdout;
-  fprintf(f, "udplogger %s: listening on UDP %s%s, writing ", kVersion, s.listener.where,
-          s.listener.dual_stack ? " (IPv4 and IPv6)" : "");
+  size_t n = size_t(snprintf(out, len, "listening on UDP "));
+  for (int i = 0; i < s.nlisteners && n < len; i++) {
+    const Listener& l = s.listeners[i];
+    n += size_t(snprintf(out + n, len - n, "%s%s%s%s", i ? " and " : "", l.where,
+                         l.dual_stack ? " (IPv4 and IPv6)" : "",
+                         l.inherited ? " (from socket activation)" : ""));
+  }
+  if (n < len) n += size_t(snprintf(out + n, len - n, ", writing "));
+  if (n >= len) return;
   if (o.to_stdout())
-    fprintf(f, "standard output");
+    n += size_t(snprintf(out + n, len - n, "standard output"));
   else if (o.split == Split::host)
-    fprintf(f, "%s/ADDR/YYYY-MM-DD.log per sender, own notices to %s/%s", s.dir.path,
-            s.dir.path, s.hosts.name());
+    n += size_t(snprintf(out + n, len - n, "%s/ADDR/YYYY-MM-DD.log per sender, own notices to %s/%s",
+                         s.dir.path, s.dir.path, s.hosts.name()));
   else
-    fprintf(f, "%s/%s", s.dir.path, s.daily.name());
-  fprintf(f, "; timeout=%u clients=%u wbuf=%u rbuf=%lu (granted %d) escape=%s ext=%s frags=%u "
-          "perm=%04o stamp=%s split=%s", o.timeout, o.clients, o.wbuf, o.rbuf,
-          s.listener.rbuf_granted, o.escape == Escape::hex ? "hex" : "none",
-          o.ext == Ext::raw ? "raw" : "auto", o.frags, o.perm,
-          o.stamp == StampStyle::iso ? "iso" : "classic", o.split == Split::host ? "host" : "none");
-  if (o.split == Split::host) fprintf(f, " files=%u", o.files);
-  if (o.uid >= 0) fprintf(f, " uid=%ld", o.uid);
-  if (o.gid >= 0) fprintf(f, " gid=%ld", o.gid);
-  fprintf(f, "\n");
-  fflush(f);
+    n += size_t(snprintf(out + n, len - n, "%s/%s", s.dir.path, s.daily.name()));
+  if (n >= len) return;
+  n += size_t(snprintf(out + n, len - n,
+                       "; timeout=%u clients=%u wbuf=%u rbuf=%lu (granted %d) escape=%s ext=%s "
+                       "frags=%u perm=%04o stamp=%s split=%s", o.timeout, o.clients, o.wbuf,
+                       o.rbuf, s.listeners[0].rbuf_granted, o.escape == Escape::hex ? "hex" : "none",
+                       o.ext == Ext::raw ? "raw" : "auto", o.frags, o.perm,
+                       o.stamp == StampStyle::iso ? "iso" : "classic",
+                       o.split == Split::host ? "host" : "none"));
+  if (n < len && o.split == Split::host) n += size_t(snprintf(out + n, len - n, " files=%u", o.files));
+  if (n < len && o.uid >= 0) n += size_t(snprintf(out + n, len - n, " uid=%ld", o.uid));
+  if (n < len && o.gid >= 0) n += size_t(snprintf(out + n, len - n, " gid=%ld", o.gid));
+  if (n < len && o.debug) snprintf(out + n, len - n, " debug=1");
 }
 
-// Opens the log directory and the socket, drops privileges, opens the sink
-// and prepares the loop; every failure is fatal and says why.
+// Opens the log directory and the sockets, drops privileges, opens the
+// sink and prepares the loop; every failure is fatal and says why.
 void setup(Server* s, const Options& o, Clock clock) {
   s->opts = o;
   s->clock = clock;
   char why[4400];
   if (!o.to_stdout() && !open_log_dir(o.dir, o.perm, &s->dir, why, sizeof why)) die("%s", why);
   ensure_file_limit(o);
-  create_listener(o, &s->listener);
-  tune_listener(o, &s->listener);
-  describe_listener(&s->listener);
+  s->nlisteners = inherit_listeners(s->listeners);
+  if (s->nlisteners == 0) {
+    create_listener(o, &s->listeners[0]);
+    s->nlisteners = 1;
+  } else if (o.ip || o.port != Options().port) {
+    warn("ip= and port= are not used: the sockets come from socket activation");
+  }
+  for (int i = 0; i < s->nlisteners; i++) {
+    tune_listener(o, &s->listeners[i]);
+    describe_listener(&s->listeners[i]);
+  }
+  notify_open(&s->notifier);
   drop_privileges(o);
 
   time_t now = clock().tv_sec;
@@ -1873,27 +2032,43 @@ void setup(Server* s, const Options& o, Clock clock) {
   if (!s->out.init(kArenaBytes, write_to_sink, s->sink, o.split == Split::host) ||
       !s->assembler.init(o, &s->out))
     die("out of memory for clients=%u", o.clients);
+  if (o.debug) s->assembler.set_trace(trace_to_stderr);
   ring_init(&s->ring);
 
   s->sigfd = open_signals();
   s->ep = epoll_create1(EPOLL_CLOEXEC);
+  if (s->ep < 0) die("epoll: %s", strerror(errno));
   epoll_event ev = {};
   ev.events = EPOLLIN;
-  ev.data.fd = s->listener.fd;
-  if (s->ep < 0 || epoll_ctl(s->ep, EPOLL_CTL_ADD, s->listener.fd, &ev) < 0)
-    die("epoll: %s", strerror(errno));
-  ev.data.fd = s->sigfd;
-  if (epoll_ctl(s->ep, EPOLL_CTL_ADD, s->sigfd, &ev) < 0) die("epoll: %s", strerror(errno));
-  print_startup(*s);
+  for (int i = 0; i <= s->nlisteners; i++) {  // the listeners by index, then the signals
+    int fd = i < s->nlisteners ? s->listeners[i].fd : s->sigfd;
+    ev.data.u32 = uint32_t(i);
+    if (epoll_ctl(s->ep, EPOLL_CTL_ADD, fd, &ev) < 0) die("epoll: %s", strerror(errno));
+  }
+
+  char start[8192];
+  describe_start(*s, start, sizeof start);
+  fprintf(o.to_stdout() ? stderr : stdout, "udplogger %s: %s\n", kVersion, start);
+  fflush(o.to_stdout() ? stderr : stdout);
+  // The log itself says when the daemon began listening (and, at exit, when
+  // it stopped), so a gap in the log is never a silent one.
+  s->assembler.notice(clock(), "started (version %s): %s", kVersion, start);
+  s->out.flush();
+  notify(s->notifier, "READY=1\nSTATUS=%s", start);
 }
 
-// The statistics line, into the log and on stderr.
-void report_stats(Server* s) {
+// The statistics line, into the log (after `why`) and on stderr, and a
+// short status for systemd.
+void report_stats(Server* s, const char* why) {
   char line[512];
   s->assembler.format_stats(line, sizeof line);
-  s->assembler.notice(s->clock(), "%s", line);
+  s->assembler.notice(s->clock(), "%s%s", why, line);
   s->out.flush();
-  warn("%s", line);
+  warn("%s%s", why, line);
+  const Stats& t = s->assembler.stats();
+  notify(s->notifier, "STATUS=%llu datagrams, %llu lines from %zu senders; %llu kernel drops",
+         (unsigned long long)t.datagrams, (unsigned long long)t.lines, s->assembler.senders(),
+         (unsigned long long)t.kernel_drops);
 }
 
 // Waits for datagrams, signals, the next timeout or midnight.  Under load
@@ -1911,17 +2086,17 @@ int wait_for_events(Server* s, long pause_ns, epoll_event* events) {
     if (midnight != 0 && (due.tv_sec == 0 || midnight < due.tv_sec)) due = timespec{midnight, 0};
     timeout = due.tv_sec == 0 ? 60000 : milliseconds_until(due, s->clock());
   }
-  int n = epoll_wait(s->ep, events, 2, timeout);
+  int n = epoll_wait(s->ep, events, kMaxListeners + 1, timeout);
   if (n < 0 && errno != EINTR) die("epoll_wait: %s", strerror(errno));
   return n < 0 ? 0 : n;
 }
 
 // Reads batches until the socket is empty (or a bound, to stay responsive);
 // returns true when more than one datagram was waiting: the loop is busy.
-bool drain_socket(Server* s) {
+bool drain_socket(Server* s, int fd) {
   int total = 0;
   for (int b = 0; b < kBatchesPerWake; b++) {
-    int got = receive_batch(s->listener.fd, &s->ring, &s->assembler, s->clock);
+    int got = receive_batch(fd, &s->ring, &s->assembler, s->clock);
     s->out.flush();  // the ring is reused by the next batch
     total += got;
     if (got < kBatch) return total > 1;
@@ -1929,18 +2104,18 @@ bool drain_socket(Server* s) {
   return false;  // not drained: look again at once
 }
 
-// Acts on the signals received; returns true for SIGTERM or SIGINT.
-bool handle_signals(Server* s) {
-  bool stop = false;
+// Acts on the signals received; returns the stopping signal, or 0.
+int handle_signals(Server* s) {
+  int stop = 0;
   signalfd_siginfo si;
   while (read(s->sigfd, &si, sizeof si) == ssize_t(sizeof si)) {
     if (si.ssi_signo == SIGHUP) {
       s->out.flush();
       s->sink->reopen(s->clock().tv_sec);
     } else if (si.ssi_signo == SIGUSR1) {
-      report_stats(s);
+      report_stats(s, "");
     } else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
-      stop = true;
+      stop = int(si.ssi_signo);
     }
   }
   return stop;
@@ -1949,19 +2124,22 @@ bool handle_signals(Server* s) {
 // The loop only routes: datagrams to the core, lines to the sink, signals
 // and timers to their handlers.  Returns the exit status.
 int loop(Server* s) {
-  epoll_event events[2];
+  epoll_event events[kMaxListeners + 1];
   // The pause lets arrivals at ~100k datagrams/s (~1 KiB of buffer each)
-  // fill at most a quarter of the receive buffer.
-  long coalesce_ns = long(s->listener.rbuf_granted) / 400 * 1000;
-  if (coalesce_ns > kCoalesceMaxNs) coalesce_ns = kCoalesceMaxNs;
+  // fill at most a quarter of the smallest receive buffer.
+  long coalesce_ns = kCoalesceMaxNs;
+  for (int i = 0; i < s->nlisteners; i++)
+    if (long(s->listeners[i].rbuf_granted) / 400 * 1000 < coalesce_ns)
+      coalesce_ns = long(s->listeners[i].rbuf_granted) / 400 * 1000;
   bool busy = false;  // the last wakeup found more than one datagram
   for (;;) {
     int n = wait_for_events(s, busy ? coalesce_ns : 0, events);
     s->sink->tick(s->clock().tv_sec);
-    bool stop = false;
+    int stop = 0;
     busy = false;
     for (int i = 0; i < n; i++) {
-      if (events[i].data.fd == s->listener.fd) busy = drain_socket(s);
+      int which = int(events[i].data.u32);
+      if (which < s->nlisteners) busy |= drain_socket(s, s->listeners[which].fd);
       else stop = handle_signals(s);
     }
     if (s->sink->gone()) {
@@ -1969,9 +2147,10 @@ int loop(Server* s) {
       return 0;
     }
     if (stop) {  // take what is queued, write every partial line, leave
-      drain_socket(s);
+      notify(s->notifier, "STOPPING=1");
+      for (int i = 0; i < s->nlisteners; i++) drain_socket(s, s->listeners[i].fd);
       s->assembler.expire(s->clock(), true);
-      report_stats(s);
+      report_stats(s, stop == SIGTERM ? "stopped by SIGTERM; " : "stopped by SIGINT; ");
       return 0;
     }
     s->assembler.expire(s->clock());

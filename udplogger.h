@@ -20,7 +20,7 @@
 
 namespace ul {
 
-constexpr const char kVersion[] = "2.0";
+constexpr const char kVersion[] = "2.1";  // the one place the version is set
 
 // ---------------------------------------------------------------- options
 
@@ -46,6 +46,7 @@ struct Options {
   StampStyle stamp = StampStyle::classic;
   Split split = Split::none;
   unsigned files = 64;         // split=host: log files open at once
+  unsigned debug = 0;          // 1: trace every datagram on stderr
   bool to_stdout() const { return dir[0] == '-' && dir[1] == '\0'; }
 };
 
@@ -426,6 +427,11 @@ class Assembler : private NetconsoleEvents {
 
   void datagram(const Datagram& d);
 
+  // With debug=1: fn gets one line (no newline) per datagram saying what
+  // became of it; the shell prints it on stderr.
+  using TraceFn = void (*)(const char* line);
+  void set_trace(TraceFn fn) { trace_ = fn; }
+
   // Writes every partial line and record due at `now` (timeout=), or all
   // of them when `all` is set (exit).
   void expire(const timespec& now, bool all = false);
@@ -445,6 +451,8 @@ class Assembler : private NetconsoleEvents {
 
  private:
   Sender* sender_for(const in6_addr& addr, uint16_t port, const timespec& when);
+  const Sender* route(const Datagram& d, ExtHeader* h, bool* ext);
+  void trace(const Datagram& d, const Sender* s, const ExtHeader* h, const Stats& before);
   void kernel_drops(uint32_t total, const timespec& now);
   void join_text(Sender* s, const char* data, size_t len, const timespec& when);
   void write_line(Sender* s, const timespec& when, const char* a, size_t alen, const char* b,
@@ -466,6 +474,7 @@ class Assembler : private NetconsoleEvents {
   Netconsole nc_;
   IndexList<Sender, &Sender::pend_prev, &Sender::pend_next> pending_;  // oldest partial first
   uint32_t drops_seen_ = 0;
+  TraceFn trace_ = nullptr;
 };
 
 // ============================================================ shell seams

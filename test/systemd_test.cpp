@@ -1,0 +1,232 @@
+// The daemon under systemd's protocols: socket activation (the socket held
+// across restarts by the parent, so nothing sent meanwhile is lost), the
+// readiness notifications, and the incident tools (debug=1, --key value).
+#include <doctest.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <string>
+#include <vector>
+
+#include "helpers.h"
+
+namespace {
+
+size_t count_of(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t p = text.find(what); p != std::string::npos; p = text.find(what, p + 1)) n++;
+  return n;
+}
+
+// A UDP socket on 127.0.0.1 and a free port, as systemd's .socket unit
+// would hold it.
+int held_socket(int* port) {
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  int big = 4 << 20;  // as ReceiveBuffer= in the .socket unit: room for the downtime
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &big, sizeof big) < 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
+  sockaddr_in a = {};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  *port = free_udp_port();
+  a.sin_port = htons(uint16_t(*port));
+  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  return fd;
+}
+
+// Starts udplogger as socket activation does: fd at 3, LISTEN_FDS=1 and
+// LISTEN_PID naming the child itself.
+pid_t start_activated(int fd, const std::vector<std::string>& args, const std::string& err) {
+  std::string path = udplogger_path();
+  pid_t pid = fork();
+  if (pid == 0) {
+    if (fd == 3) fcntl(3, F_SETFD, 0);  // dup2 onto itself would keep close-on-exec
+    else dup2(fd, 3);
+    int e = open(err.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    dup2(e, 2);
+    int o = open("/dev/null", O_WRONLY);
+    dup2(o, 1);
+    setenv("LISTEN_FDS", "1", 1);
+    setenv("LISTEN_PID", std::to_string(getpid()).c_str(), 1);
+    std::vector<char*> argv{const_cast<char*>(path.c_str())};
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(path.c_str(), argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+int stop(pid_t pid) {
+  kill(pid, SIGTERM);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+}  // namespace
+
+TEST_CASE("activation: the socket held across a restart loses nothing, in order") {
+  std::string dir = make_temp_dir();
+  int port;
+  int fd = held_socket(&port);
+  std::string err = dir + "/../stderr";
+  Sender s;
+  int seq = 0;
+  auto send_some = [&](int n) {
+    for (int i = 0; i < n; i++, seq++) {
+      s.send(port, "line " + std::to_string(seq) + "\n");
+      usleep(1000);
+    }
+  };
+  pid_t first = start_activated(fd, {"dir=" + dir}, err);
+  REQUIRE(wait_for([&] { return all_logs(dir).find("started (version") != std::string::npos; }));
+  send_some(200);
+  CHECK(stop(first) == 0);
+  send_some(300);  // nobody reads: the kernel queues them on the held socket
+  pid_t second = start_activated(fd, {"dir=" + dir}, err);
+  send_some(200);
+  REQUIRE(wait_for([&] { return all_logs(dir).find(" line 699\n") != std::string::npos; }));
+  CHECK(stop(second) == 0);
+  close(fd);
+  std::string log = all_logs(dir);
+  size_t at = 0, missing = 0, twice = 0, out_of_order = 0;
+  for (int i = 0; i < 700; i++) {
+    std::string line = " line " + std::to_string(i) + "\n";
+    size_t n = count_of(log, line);
+    missing += n == 0;
+    twice += n > 1;
+    size_t p = log.find(line);
+    if (p != std::string::npos && p < at) out_of_order++;
+    if (p != std::string::npos) at = p;
+  }
+  CHECK(missing == 0);
+  CHECK(twice == 0);
+  CHECK(out_of_order == 0);
+  // The log says when nobody was listening.
+  CHECK(count_of(log, "udplogger: started (version") == 2);
+  CHECK(count_of(log, "udplogger: stopped by SIGTERM; statistics:") == 2);
+  CHECK(count_of(log, "(from socket activation)") == 2);
+}
+
+TEST_CASE("activation: a passed socket that is not UDP is refused, naming the fd") {
+  std::string dir = make_temp_dir();
+  int tcp = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  std::string err = dir + "/../stderr";
+  pid_t pid = start_activated(tcp, {"dir=" + dir}, err);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  close(tcp);
+  CHECK(WEXITSTATUS(st) == 1);
+  CHECK(read_file(err) ==
+        "udplogger: socket activation: fd 3 is not a UDP socket (ListenDatagram= in the .socket "
+        "unit)\n");
+}
+
+TEST_CASE("activation: under systemd-socket-activate" *
+          skip_unless(system("command -v systemd-socket-activate >/dev/null 2>&1") == 0,
+                      "activation: systemd-socket-activate",
+                      "systemd-socket-activate not installed (Debian package systemd)")) {
+  std::string dir = make_temp_dir();
+  int port = free_udp_port();
+  std::string cmd = "exec systemd-socket-activate -d -l 127.0.0.1:" + std::to_string(port) + " " +
+                    udplogger_path() + " dir=" + dir + " >" + dir + "/../stdout 2>" + dir +
+                    "/../stderr";
+  pid_t pid = fork();
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  REQUIRE(wait_for([&] { return read_file(dir + "/../stderr").find("Listening on") != std::string::npos; }));
+  Sender s;
+  s.send(port, "first, wakes it up\n");
+  s.send(port, "second\n");
+  bool logged = wait_for([&] { return all_logs(dir).find("second\n") != std::string::npos; });
+  kill(pid, SIGTERM);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  REQUIRE(logged);
+  std::string log = all_logs(dir);
+  CHECK(log.find("first, wakes it up\n") != std::string::npos);
+  CHECK(log.find("listening on UDP 127.0.0.1:" + std::to_string(port) + " (from socket activation)") !=
+        std::string::npos);
+  CHECK(read_file(dir + "/../stderr").find("Address already in use") == std::string::npos);
+}
+
+TEST_CASE("notify: READY=1 and STATUS= once listening, STOPPING=1 on SIGTERM") {
+  std::string dir = make_temp_dir();
+  std::string path = dir + "/../notify";
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_un sa = {};
+  sa.sun_family = AF_UNIX;
+  strncpy(sa.sun_path, path.c_str(), sizeof sa.sun_path - 1);
+  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
+  std::vector<std::string> got;
+  auto receive = [&] {
+    char buf[2048];
+    ssize_t n;
+    while ((n = recv(fd, buf, sizeof buf, MSG_DONTWAIT)) > 0) got.emplace_back(buf, size_t(n));
+    return got.size();
+  };
+  Daemon d({}, {"NOTIFY_SOCKET=" + path}, dir);
+  REQUIRE(d.running());
+  REQUIRE(wait_for([&] { return receive() >= 1; }));
+  CHECK(got[0].find("READY=1\nSTATUS=listening on UDP ") == 0);
+  CHECK(got[0].find("writing " + dir + "/") != std::string::npos);
+  CHECK(d.stop() == 0);
+  REQUIRE(wait_for([&] { return receive() >= 3; }));
+  CHECK(got[1] == "STOPPING=1");
+  CHECK(got[2].find("STATUS=0 datagrams, 0 lines from 0 senders; 0 kernel drops") == 0);
+  close(fd);
+}
+
+TEST_CASE("debug=1 traces each datagram on stderr: who, how long, what became of it") {
+  Daemon d({"debug=1"});
+  REQUIRE(d.running());
+  Sender s, t;  // t sends extended netconsole, s plain text
+  std::string who = "127.0.0.1:" + std::to_string(s.port());
+  std::string ext = "127.0.0.1:" + std::to_string(t.port());
+  s.send(d.port_, "two\nlines and a part");
+  s.send(d.port_, "");
+  t.send(d.port_, "6,7,100,-;a record\n");
+  t.send(d.port_, "6,8,100,-,ncfrag=0/10;12345");
+  t.send(d.port_, "6,8,100,-,ncfrag=5/10;67890");
+  t.send(d.port_, "6,8,100,-,ncfrag=5/10;67890");
+  REQUIRE(wait_for([&] { return count_of(d.err(), "udplogger: debug: ") == 6; }));
+  std::string err = d.err();
+  CHECK(err.find("udplogger: debug: " + who + " 20 bytes: text: 1 line written, 16 bytes wait "
+                 "for a newline\n") != std::string::npos);
+  CHECK(err.find("udplogger: debug: " + who + " 0 bytes: empty: nothing to write\n") !=
+        std::string::npos);
+  CHECK(err.find("udplogger: debug: " + ext + " 19 bytes: extended record seq 7 <6>: 1 line "
+                 "written\n") != std::string::npos);
+  CHECK(err.find("udplogger: debug: " + ext + " 27 bytes: extended fragment seq 8 ncfrag=0/10 "
+                 "(5 bytes): held for reassembly\n") != std::string::npos);
+  CHECK(err.find("udplogger: debug: " + ext + " 27 bytes: extended fragment seq 8 ncfrag=5/10 "
+                 "(5 bytes): record complete, written\n") != std::string::npos);
+  CHECK(err.find("udplogger: debug: " + ext + " 27 bytes: extended fragment seq 8 ncfrag=5/10: "
+                 "dropped, its record was written already\n") != std::string::npos);
+}
+
+TEST_CASE("options: GNU style --key value, as well as key=value and --key=value") {
+  Daemon d({"--timeout", "30", "--escape", "none"});
+  REQUIRE(d.running());
+  CHECK(d.out().find("timeout=30 ") != std::string::npos);
+  CHECK(d.out().find("escape=none ") != std::string::npos);
+  Exit e = run_udplogger({"--port"});
+  CHECK(e.status == 2);
+  CHECK(e.err.find("udplogger: unknown option '--port'") == 0);
+  e = run_udplogger({"--port", "0"});
+  CHECK(e.status == 2);
+  CHECK(e.err == "udplogger: port=0: out of range (allowed: 1..65535)\n");
+}

@@ -1,5 +1,7 @@
-# udplogger - see README.md.  Packagers: CXXFLAGS, LDFLAGS, CPPFLAGS and
-# DESTDIR/PREFIX are honoured.
+# udplogger - see README.md.  Packagers: CXXFLAGS, LDFLAGS, CPPFLAGS, DESTDIR,
+# PREFIX, SBINDIR, MANDIR, UNITDIR, SYSUSERSDIR and TMPFILESDIR are honoured.
+# The version is set in one place, udplogger.h (kVersion).
+VERSION := $(shell sed -n 's/^constexpr const char kVersion\[\] = "\([^"]*\)".*/\1/p' udplogger.h)
 CXX ?= g++
 CXXFLAGS ?= -O2 -g
 HARDENING = -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE
@@ -12,15 +14,33 @@ TEST_FLAGS = -std=c++17 $(WARNINGS) -I. -I/usr/include/doctest
 PREFIX ?= /usr/local
 SBINDIR ?= $(PREFIX)/sbin
 MANDIR ?= $(PREFIX)/share/man
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 
 TEST_SOURCES = test/main.cpp test/core_test.cpp test/daemon_test.cpp test/netconsole_test.cpp test/output_test.cpp test/systemd_test.cpp test/helpers.cpp test/netconsole.cpp
 
-.PHONY: all check check-asan bench clean install
+.PHONY: all check check-asan bench clean install uninstall dist static
 
 all: udplogger
 
 udplogger: udplogger.cpp udplogger.h
 	$(CXX) $(CPPFLAGS) $(DAEMON_FLAGS) $(CXXFLAGS) -o $@ udplogger.cpp $(DAEMON_LDFLAGS) $(LDFLAGS)
+
+# For rescue images: statically linked, needing no /etc and no environment
+# (numeric ids, no DNS, no locale).  With musl (Debian: musl-tools) it is
+# about 110 KiB stripped; otherwise glibc, static-pie, about 900 KiB.
+MUSL_SPECS ?= $(firstword $(wildcard /usr/lib/*/musl-gcc.specs /usr/lib/musl/lib/musl-gcc.specs /usr/local/musl/lib/musl-gcc.specs))
+ifneq ($(MUSL_SPECS),)
+STATIC_FLAGS = -specs $(MUSL_SPECS) -static
+else
+STATIC_FLAGS = -static-pie
+endif
+
+static: udplogger-static
+
+udplogger-static: udplogger.cpp udplogger.h
+	$(CXX) $(STATIC_FLAGS) $(CPPFLAGS) $(DAEMON_FLAGS) $(CXXFLAGS) -o $@ udplogger.cpp -Wl,-z,relro,-z,now $(LDFLAGS)
 
 test/udplogger-core.o: udplogger.cpp udplogger.h
 	$(CXX) $(CPPFLAGS) $(TEST_FLAGS) $(CXXFLAGS) -DUDPLOGGER_NO_MAIN -c -o $@ udplogger.cpp
@@ -30,7 +50,7 @@ test/run-tests: $(TEST_SOURCES) test/helpers.h test/netconsole.h test/core_harne
 
 # Runs every test; the last line is "N passed, N failed, N skipped".  A test
 # that cannot run here (not root, no IPv6) is skipped and says why.
-check: udplogger test/run-tests
+check: udplogger udplogger-static test/run-tests
 	@cd test && ./run-tests --no-intro=true 2>&1 | tee run-tests.log; \
 	 awk -F'|' '/test cases:/ { gsub(/[^0-9]/, "", $$2); gsub(/[^0-9]/, "", $$3); gsub(/[^0-9]/, "", $$4); \
 	   p = $$2; f = $$3; s = $$4 } \
@@ -51,9 +71,25 @@ bench: udplogger test/bench/loadgen test/bench/nullrecv
 test/bench/loadgen test/bench/nullrecv: %: %.cpp
 	$(CXX) -std=c++17 -O2 $(WARNINGS) $(CXXFLAGS) -o $@ $<
 
+# The units name the binary where it is installed.
+INSTALLED = $(SBINDIR)/udplogger $(MANDIR)/man8/udplogger.8 $(UNITDIR)/udplogger.service \
+	$(UNITDIR)/udplogger.socket $(SYSUSERSDIR)/udplogger.conf $(TMPFILESDIR)/udplogger.conf
+
 install: udplogger
 	install -D -m 0755 udplogger $(DESTDIR)$(SBINDIR)/udplogger
 	install -D -m 0644 man/udplogger.8 $(DESTDIR)$(MANDIR)/man8/udplogger.8
+	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR)
+	sed 's|@SBINDIR@|$(SBINDIR)|g' contrib/udplogger.service > $(DESTDIR)$(UNITDIR)/udplogger.service
+	install -m 0644 contrib/udplogger.socket $(DESTDIR)$(UNITDIR)/udplogger.socket
+	install -m 0644 contrib/udplogger.sysusers $(DESTDIR)$(SYSUSERSDIR)/udplogger.conf
+	install -m 0644 contrib/udplogger.tmpfiles $(DESTDIR)$(TMPFILESDIR)/udplogger.conf
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+
+# udplogger-VERSION.tar.gz of the committed tree: one top directory, no .git.
+dist:
+	git archive --format=tar.gz --prefix=udplogger-$(VERSION)/ -o udplogger-$(VERSION).tar.gz HEAD
 
 clean:
-	rm -f udplogger test/run-tests test/run-tests-asan test/udplogger-asan test/*.o test/run-tests.log test/bench/loadgen test/bench/nullrecv
+	rm -f udplogger udplogger-static udplogger-*.tar.gz test/run-tests test/run-tests-asan test/udplogger-asan test/*.o test/run-tests.log test/bench/loadgen test/bench/nullrecv

@@ -20,7 +20,7 @@ TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 
 TEST_SOURCES = test/main.cpp test/core_test.cpp test/daemon_test.cpp test/netconsole_test.cpp test/output_test.cpp test/systemd_test.cpp test/helpers.cpp test/netconsole.cpp
 
-.PHONY: all check check-asan bench clean install uninstall dist static
+.PHONY: all check check-asan bench clean install uninstall dist static rpm
 
 all: udplogger
 
@@ -91,5 +91,17 @@ uninstall:
 dist:
 	git archive --format=tar.gz --prefix=udplogger-$(VERSION)/ -o udplogger-$(VERSION).tar.gz HEAD
 
+# The RPMs, from that tarball, into RPMDIR.  Where systemd's rpm macros are
+# missing (rpmbuild on Debian, whose rpm database lists no packages), their
+# paths are given here and build dependencies are not checked.
+RPMDIR ?= $(CURDIR)/rpmbuild
+RPM_FOREIGN = $(if $(shell rpm --eval '%{?_unitdir}' 2>/dev/null),,--nodeps \
+	--define "_unitdir /usr/lib/systemd/system" --define "_sysusersdir /usr/lib/sysusers.d" \
+	--define "_tmpfilesdir /usr/lib/tmpfiles.d")
+rpm: dist
+	rpmbuild -ba --define "_topdir $(RPMDIR)" --define "_sourcedir $(CURDIR)" $(RPM_FOREIGN) \
+	  contrib/udplogger.spec
+
 clean:
+	rm -rf rpmbuild
 	rm -f udplogger udplogger-static udplogger-*.tar.gz test/run-tests test/run-tests-asan test/udplogger-asan test/*.o test/run-tests.log test/bench/loadgen test/bench/nullrecv

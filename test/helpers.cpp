@@ -206,6 +206,22 @@ size_t fds_into(const std::string& pid, const std::string& dir) {
   return n;
 }
 
+Command run_command(const std::string& cmd) {
+  Command c{-1, ""};
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  if (!p) return c;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) c.output.append(buf, n);
+  int st = pclose(p);
+  c.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return c;
+}
+
+bool have_program(const char* name) {
+  return run_command(std::string("command -v ") + name).status == 0;
+}
+
 std::string udplogger_path() {
   const char* p = getenv("UDPLOGGER");
   return p ? p : "../udplogger";

@@ -86,6 +86,17 @@ pid_t spawn_with_pipe(const std::vector<std::string>& args, int* stdout_fd,
 // How many of pid's descriptors ("self" for this process) point into dir.
 size_t fds_into(const std::string& pid, const std::string& dir);
 
+// Runs a shell command; returns its exit status and what it printed
+// (stdout and stderr).
+struct Command {
+  int status;
+  std::string output;
+};
+Command run_command(const std::string& cmd);
+
+// True when the shell finds the program.
+bool have_program(const char* name);
+
 // Path of the daemon under test.
 std::string udplogger_path();
 

@@ -1,0 +1,163 @@
+// Shipping it: make install/uninstall/dist/static/rpm, the systemd units,
+// the man page, as a packager and a rescue image would use them.  Tools
+// that are missing make their test skip, saying which Debian package.
+#include <doctest.h>
+#include <signal.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <string>
+
+#include "helpers.h"
+
+namespace {
+
+const char* const kTop = "..";  // the tests run in test/
+
+std::string make(const std::string& args) { return std::string("make -s -C ") + kTop + " " + args; }
+
+// Every file below dir, as "path" lines relative to it, sorted.
+std::string tree(const std::string& dir) {
+  return run_command("cd '" + dir + "' && find . -type f | sort").output;
+}
+
+bool in_git_checkout() { return run_command(std::string("git -C ") + kTop + " rev-parse").status == 0; }
+
+}  // namespace
+
+TEST_CASE("install: every directory honoured, units name the binary, uninstall removes exactly that") {
+  std::string root = make_temp_dir() + "/root";
+  std::string dirs = " DESTDIR=" + root + " PREFIX=/opt/ul SBINDIR=/opt/ul/bin MANDIR=/opt/man "
+                     "UNITDIR=/etc/systemd/system SYSUSERSDIR=/opt/sysusers TMPFILESDIR=/opt/tmpfiles";
+  Command c = run_command(make("install" + dirs));
+  REQUIRE_MESSAGE(c.status == 0, c.output);
+  CHECK(tree(root) ==
+        "./etc/systemd/system/udplogger.service\n"
+        "./etc/systemd/system/udplogger.socket\n"
+        "./opt/man/man8/udplogger.8\n"
+        "./opt/sysusers/udplogger.conf\n"
+        "./opt/tmpfiles/udplogger.conf\n"
+        "./opt/ul/bin/udplogger\n");
+  std::string unit = read_file(root + "/etc/systemd/system/udplogger.service");
+  CHECK(unit.find("ExecStart=/opt/ul/bin/udplogger dir=/var/log/udplogger $UDPLOGGER_OPTIONS\n") !=
+        std::string::npos);
+  CHECK(unit.find("@SBINDIR@") == std::string::npos);
+  struct stat st;
+  REQUIRE(stat((root + "/opt/ul/bin/udplogger").c_str(), &st) == 0);
+  CHECK((st.st_mode & 07777) == 0755);
+  REQUIRE(run_command("touch " + root + "/opt/ul/bin/someone-elses").status == 0);
+  c = run_command(make("uninstall" + dirs));
+  REQUIRE_MESSAGE(c.status == 0, c.output);
+  CHECK(tree(root) == "./opt/ul/bin/someone-elses\n");
+}
+
+TEST_CASE("dist: one top directory, the committed tree, no .git; --version agrees" *
+          skip_unless(in_git_checkout(), "dist", "not a git checkout: make dist archives the committed tree")) {
+  Command c = run_command(make("dist"));
+  REQUIRE_MESSAGE(c.status == 0, c.output);
+  std::string version = run_command(udplogger_path() + " --version").output;  // "udplogger 2.1\n"
+  REQUIRE(version.compare(0, 10, "udplogger ") == 0);
+  std::string name = "udplogger-" + version.substr(10, version.size() - 11);
+  std::string tarball = std::string(kTop) + "/" + name + ".tar.gz";
+  std::string list = run_command("tar tzf " + tarball).output;
+  CHECK(run_command("tar tzf " + tarball + " | grep -v '^" + name + "/'").output == "");
+  CHECK(list.find("/.git/") == std::string::npos);
+  CHECK(list.find(name + "/contrib/udplogger.spec\n") != std::string::npos);
+  CHECK(list.find(name + "/udplogger.cpp\n") != std::string::npos);
+  std::string spec = read_file(std::string(kTop) + "/contrib/udplogger.spec");
+  CHECK(spec.find("Version:        " + version.substr(10, version.size() - 11) + "\n") !=
+        std::string::npos);
+}
+
+TEST_CASE("rpm: rpmbuild -ba from the dist tarball, no network; rpmlint finds no errors" *
+          skip_unless(have_program("rpmbuild") && have_program("rpmlint") && have_program("git"),
+                      "rpm", "rpmbuild or rpmlint missing (Debian packages rpm, rpmlint)")) {
+  std::string dir = make_temp_dir();
+  Command c = run_command(make("rpm RPMDIR=" + dir));
+  REQUIRE_MESSAGE(c.status == 0, c.output);
+  std::string rpms = run_command("ls " + dir + "/RPMS/*/*.rpm " + dir + "/SRPMS/*.rpm").output;
+  CHECK(rpms.find(".src.rpm") != std::string::npos);
+  bool binary_rpm = rpms.find(".x86_64.rpm") != std::string::npos || rpms.find(".aarch64.rpm") != std::string::npos;
+  CHECK(binary_rpm);
+  std::string files = run_command("rpm -qlp " + dir + "/RPMS/*/*.rpm").output;
+  for (const char* f : {"/usr/sbin/udplogger\n", "/usr/lib/systemd/system/udplogger.service\n",
+                        "/usr/lib/systemd/system/udplogger.socket\n", "/usr/lib/sysusers.d/udplogger.conf\n",
+                        "/usr/lib/tmpfiles.d/udplogger.conf\n", "/etc/sysconfig/udplogger\n",
+                        "/COPYING\n", "/README.md\n"})
+    CHECK_MESSAGE(files.find(f) != std::string::npos, f);
+  c = run_command("rpmlint -c " + std::string(kTop) + "/contrib/rpmlint.toml " + kTop +
+                  "/contrib/udplogger.spec " + dir + "/RPMS/*/*.rpm " + dir + "/SRPMS/*.rpm");
+  MESSAGE(c.output.substr(c.output.rfind('\n', c.output.size() - 2) + 1));
+  CHECK(c.output.find(" 0 errors,") != std::string::npos);
+  CHECK(c.output.find(": E: ") == std::string::npos);
+}
+
+TEST_CASE("systemd: verify is clean and the service is rated 2.0 or lower" *
+          skip_unless(have_program("systemd-analyze"), "systemd", "systemd-analyze missing (Debian package systemd)")) {
+  // Installed with SBINDIR where the binary is, so that ExecStart= names a
+  // real file for verify, which checks it on this system.
+  std::string root = make_temp_dir() + "/root";
+  char top[4096];
+  REQUIRE(realpath(kTop, top));
+  Command c = run_command(make("install DESTDIR=" + root + " PREFIX=/usr SBINDIR=" + top));
+  REQUIRE_MESSAGE(c.status == 0, c.output);
+  std::string units = root + "/usr/lib/systemd/system";
+  c = run_command("cd " + units + " && MANPATH=" + root + "/usr/share/man systemd-analyze verify "
+                  "udplogger.service udplogger.socket");
+  CHECK_MESSAGE(c.status == 0, c.output);
+  CHECK(c.output == "");
+  c = run_command("cd " + units + " && systemd-analyze security --offline=true --root=" + root +
+                  " udplogger.service | tail -n 1");
+  MESSAGE(c.output);
+  size_t at = c.output.find("exposure level for udplogger.service: ");
+  REQUIRE(at != std::string::npos);
+  double score = std::stod(c.output.substr(at + 39));
+  CHECK(score <= 2.0);
+}
+
+TEST_CASE("man: mandoc -Tlint -Wall says nothing" *
+          skip_unless(have_program("mandoc"), "man", "mandoc missing (Debian package mandoc)")) {
+  Command c = run_command(std::string("mandoc -Tlint -Wall ") + kTop + "/man/udplogger.8");
+  CHECK_MESSAGE(c.output == "", c.output);
+  CHECK(c.status == 0);
+}
+
+TEST_CASE("static: runs in an empty chroot with an empty environment" *
+          skip_unless(is_root(), "static", "not root: chroot needs root")) {
+  std::string root = make_temp_dir() + "/chroot";
+  REQUIRE(run_command("mkdir -p " + root + "/logs && cp " + kTop + "/udplogger-static " + root +
+                      "/udplogger").status == 0);
+  CHECK(run_command("file " + std::string(kTop) + "/udplogger-static").output.find("statically linked") !=
+        std::string::npos);
+  REQUIRE(run_command("chown 65534:65534 " + root + "/logs").status == 0);
+  int port = free_udp_port();
+  pid_t pid = fork();
+  if (pid == 0) {
+    char* const argv[] = {const_cast<char*>("/udplogger"), const_cast<char*>("dir=/logs"),
+                          const_cast<char*>(("port=" + std::to_string(port)).c_str()),
+                          const_cast<char*>("uid=65534"), const_cast<char*>("gid=65534"), nullptr};
+    char* const envp[] = {nullptr};
+    if (chroot(root.c_str()) < 0 || chdir("/") < 0) _exit(126);
+    execve("/udplogger", argv, envp);
+    _exit(127);
+  }
+  Sender s;
+  bool logged = wait_for([&] {
+    s.send(port, "from the rescue image\n");
+    return all_logs(root + "/logs").find("from the rescue image\n") != std::string::npos;
+  });
+  kill(pid, SIGTERM);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  CHECK(logged);
+  CHECK(WIFEXITED(st));
+  CHECK(WEXITSTATUS(st) == 0);
+  std::string log = all_logs(root + "/logs");
+  CHECK(log.find("udplogger: stopped by SIGTERM; statistics:") != std::string::npos);
+  struct stat sb;
+  REQUIRE(stat(root.c_str(), &sb) == 0);
+  CHECK(run_command("ls -A " + root).output == "logs\nudplogger\n");  // nothing else needed
+}

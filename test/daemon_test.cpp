@@ -31,6 +31,20 @@ size_t count(const std::string& text, const std::string& what) {
   return n;
 }
 
+// The log without udplogger's own notices (whose text includes the
+// start-up line, with a random temporary path).
+std::string data_lines(const std::string& log) {
+  std::string out;
+  for (size_t i = 0; i < log.size();) {
+    size_t e = log.find('\n', i);
+    e = e == std::string::npos ? log.size() : e + 1;
+    std::string line = log.substr(i, e - i);
+    if (line.find(" udplogger: ") == std::string::npos) out += line;
+    i = e;
+  }
+  return out;
+}
+
 std::string status_field(pid_t pid, const std::string& key) {
   std::string s = read_file("/proc/" + std::to_string(pid) + "/status");
   size_t p = s.find(key + ":");
@@ -214,7 +228,7 @@ TEST_CASE("daemon: long lines in wbuf pieces; 64 KiB and empty datagrams") {
   CHECK(count(log, " " + std::string(952, 'L') + "\n") == 1);
   CHECK(count(log, " " + std::string(1024, 'B') + "\n") == 63);
   CHECK(count(log, " " + std::string(994, 'B') + "\n") == 1);
-  CHECK(count(log, "B") == 65506);
+  CHECK(count(data_lines(log), "B") == 65506);
 
   Daemon whole({"wbuf=1048576"});
   REQUIRE(whole.running());

@@ -73,8 +73,9 @@ TEST_CASE("dist: one top directory, the committed tree, no .git; --version agree
 }
 
 TEST_CASE("rpm: rpmbuild -ba from the dist tarball, no network; rpmlint finds no errors" *
-          skip_unless(have_program("rpmbuild") && have_program("rpmlint") && have_program("git"),
-                      "rpm", "rpmbuild or rpmlint missing (Debian packages rpm, rpmlint)")) {
+          skip_unless(have_program("rpmbuild") && have_program("rpmlint") && in_git_checkout(), "rpm",
+                      "rpmbuild or rpmlint missing (Debian packages rpm, rpmlint), or not a git "
+                      "checkout (make rpm builds from make dist)")) {
   std::string dir = make_temp_dir();
   Command c = run_command(make("rpm RPMDIR=" + dir));
   REQUIRE_MESSAGE(c.status == 0, c.output);

@@ -8,8 +8,12 @@ HARDENING = -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE
 WARNINGS = -Wall -Wextra
 # No exceptions and no RTTI: the daemon needs nothing from libstdc++, so
 # it links against libc alone.
-DAEMON_FLAGS = -std=c++17 -fno-exceptions -fno-rtti $(WARNINGS) $(HARDENING)
-DAEMON_LDFLAGS = -pie -Wl,-z,relro,-z,now -Wl,--as-needed
+# Small enough for a rescue image (under 64 KiB stripped): no unwind tables
+# (nothing unwinds without exceptions; -g keeps what debuggers need) and
+# unused sections dropped.
+SMALL = -fno-asynchronous-unwind-tables -ffunction-sections -fdata-sections
+DAEMON_FLAGS = -std=c++17 -fno-exceptions -fno-rtti $(SMALL) $(WARNINGS) $(HARDENING)
+DAEMON_LDFLAGS = -pie -Wl,-z,relro,-z,now -Wl,--as-needed -Wl,--gc-sections
 TEST_FLAGS = -std=c++17 $(WARNINGS) -I. -I/usr/include/doctest
 PREFIX ?= /usr/local
 SBINDIR ?= $(PREFIX)/sbin
@@ -18,7 +22,7 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 
-TEST_SOURCES = test/main.cpp test/core_test.cpp test/daemon_test.cpp test/netconsole_test.cpp test/output_test.cpp test/systemd_test.cpp test/package_test.cpp test/helpers.cpp test/netconsole.cpp
+TEST_SOURCES = test/main.cpp test/core_test.cpp test/daemon_test.cpp test/netconsole_test.cpp test/output_test.cpp test/systemd_test.cpp test/package_test.cpp test/reliability_test.cpp test/helpers.cpp test/netconsole.cpp
 
 .PHONY: all check check-asan bench clean install uninstall dist static rpm
 

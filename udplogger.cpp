@@ -460,13 +460,18 @@ void LineWriter::init(const Options& opts, Output* out, Stats* stats) {
 
 // The stamp is formatted once a second; ISO stamps get their microseconds
 // per line.
-void LineWriter::begin(const Origin& o, const timespec& when) {
+const char* LineWriter::stamp(const timespec& when) {
   if (when.tv_sec != stamp_sec_) {
     stamp_len_ = format_stamp(style_, when, stamp_);
     stamp_sec_ = when.tv_sec;
   } else if (style_ == StampStyle::iso) {
     put_micros(stamp_ + kIsoMicros, when.tv_nsec);
   }
+  return stamp_;
+}
+
+void LineWriter::begin(const Origin& o, const timespec& when) {
+  stamp(when);
   out_->to(o.host);
   char* d = out_->claim(stamp_len_ + o.name_len + 1);
   memcpy(d, stamp_, stamp_len_);
@@ -501,18 +506,30 @@ void LineWriter::end() {
 void LineWriter::notice(const in6_addr* host, const char* name, size_t name_len,
                         const timespec& when, const char* fmt, ...) {
   char text[512];
+  int n = name ? snprintf(text, sizeof text, "%.*s: ", int(name_len), name) : 0;
   va_list ap;
   va_start(ap, fmt);
-  int n = vsnprintf(text, sizeof text, fmt, ap);
+  vsnprintf(text + n, sizeof text - size_t(n), fmt, ap);
   va_end(ap);
-  if (n < 0) return;
-  begin(Origin{host, "udplogger:", 10}, when);
-  if (name) {
-    out_->copy(name, name_len);
-    out_->copy(": ", 2);
-  }
-  out_->copy_escaped(text, size_t(n) < sizeof text ? size_t(n) : sizeof text - 1);
-  out_->copy("\n", 1);
+  char line[sizeof text * 4 + kStampMax + 16];
+  size_t len = format_notice(when, text, line, sizeof line);
+  out_->to(host);
+  out_->copy(line, len);
+}
+
+// Its own stamp, not the cached one: a sink may ask for a notice while a
+// line is being begun.
+size_t LineWriter::format_notice(const timespec& when, const char* text, char* out,
+                                 size_t len) {
+  char st[kStampMax + 1];
+  size_t stlen = format_stamp(style_, when, st);
+  size_t textlen = strlen(text);
+  if (len < stlen + 12 + 4 * textlen + 1) textlen = (len - stlen - 13) / 4;
+  memcpy(out, st, stlen);
+  memcpy(out + stlen, "udplogger: ", 11);
+  size_t n = stlen + 11 + escape_text(text, textlen, out + stlen + 11);
+  out[n++] = '\n';
+  return n;
 }
 
 // ================================================================= senders
@@ -1371,8 +1388,10 @@ bool open_log_dir(const char* dir, unsigned perm, LogDir* d, char* why, size_t w
   return true;
 }
 
-int open_log_file(int dirfd, const char* name, unsigned perm, char* why, size_t whylen) {
-  const int flags = O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
+int open_log_file(int dirfd, const char* name, unsigned perm, bool* cut, char* why,
+                  size_t whylen) {
+  // Read as well as append: the last byte tells whether a line was cut.
+  const int flags = O_RDWR | O_APPEND | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
   bool created = true;
   int fd = openat(dirfd, name, flags | O_CREAT | O_EXCL, perm);
   if (fd < 0 && errno == EEXIST) {
@@ -1392,11 +1411,19 @@ int open_log_file(int dirfd, const char* name, unsigned perm, char* why, size_t 
   } else if (st.st_mode & 0111) {
     snprintf(why, whylen, "is executable (mode %04o); refusing to append to it",
              unsigned(st.st_mode & 07777));
+  } else if (st.st_nlink != 1) {  // a link planted to another file
+    snprintf(why, whylen, "has %lu hard links; refusing to append to it",
+             (unsigned long)st.st_nlink);
+  } else if (st.st_uid != geteuid()) {
+    snprintf(why, whylen, "is owned by uid %lu, not by udplogger's uid %lu; refusing to "
+             "append to it", (unsigned long)st.st_uid, (unsigned long)geteuid());
   } else if (created && fchmod(fd, perm) < 0) {
     snprintf(why, whylen, "cannot set mode %04o: %s", perm, strerror(errno));
-  } else if (fcntl(fd, F_SETFL, O_WRONLY | O_APPEND) < 0) {  // writes may block again
+  } else if (fcntl(fd, F_SETFL, O_RDWR | O_APPEND) < 0) {  // writes may block again
     snprintf(why, whylen, "%s", strerror(errno));
   } else {
+    char last = '\n';
+    *cut = st.st_size > 0 && pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n';
     return fd;
   }
   close(fd);
@@ -1405,43 +1432,127 @@ int open_log_file(int dirfd, const char* name, unsigned perm, char* why, size_t 
 
 namespace {
 
-// Writes all of iov to fd: short writes continue, an error is counted and
-// said once per kind, so a full disk does not flood stderr.  False on an
-// error, with errno set.
-bool write_all(int fd, const iovec* iov, int iovcnt, WriteErrors* e, const char* dir,
-               const char* name) {
+WriteLoss::Cause cause_of(int err) {
+  return err == ENOSPC ? WriteLoss::disk_full : err == EDQUOT ? WriteLoss::quota
+       : err == EIO ? WriteLoss::io : WriteLoss::other;
+}
+
+// Newlines in iov, and whether its last byte is one.
+size_t count_lines(const iovec* iov, int iovcnt, bool* ends_line) {
+  size_t n = 0;
+  *ends_line = true;
+  for (int i = 0; i < iovcnt; i++) {
+    const char* p = static_cast<const char*>(iov[i].iov_base);
+    const char* end = p + iov[i].iov_len;
+    while ((p = static_cast<const char*>(memchr(p, '\n', size_t(end - p))))) p++, n++;
+    if (iov[i].iov_len) *ends_line = static_cast<const char*>(iov[i].iov_base)[iov[i].iov_len - 1] == '\n';
+  }
+  return n;
+}
+
+}  // namespace
+
+void LogFile::adopt(int fd, bool cut) {
+  fd_ = fd;
+  mid_line_ = found_cut_ = cut;
+}
+
+void LogFile::close_file() {
+  if (fd_ > STDERR_FILENO) close(fd_);
+  fd_ = -1;
+}
+
+bool LogFile::write(const iovec* iov, int iovcnt, const char* dir, const char* name,
+                    const NoticeMaker& nm, WriteLoss* loss) {
+  if ((failing_ || found_cut_) && !mend(dir, name, nm)) {
+    lose(iov, iovcnt, errno, dir, name, nm, loss);
+    return false;
+  }
   iovec rest[1024];
   memcpy(rest, iov, sizeof(iovec) * size_t(iovcnt));
   iovec* v = rest;
+  bool ends_line = true;
+  count_lines(iov, iovcnt, &ends_line);
   while (iovcnt > 0) {
-    ssize_t w = writev(fd, v, iovcnt);
+    ssize_t w = writev(fd_, v, iovcnt);
     if (w < 0) {
       if (errno == EINTR) continue;
-      int err = errno;
-      for (int i = 0; i < iovcnt; i++) e->bytes_lost += v[i].iov_len;
-      if (err != e->last_errno)
-        warn("cannot write %s%s%s: %s (%llu bytes lost so far)", dir, *dir ? "/" : "", name,
-             strerror(err), static_cast<unsigned long long>(e->bytes_lost));
-      e->last_errno = err;
-      errno = err;
+      lose(v, iovcnt, errno, dir, name, nm, loss);
       return false;
     }
-    e->last_errno = 0;
     size_t done = size_t(w);
     while (iovcnt > 0 && done >= v->iov_len) {
       done -= v->iov_len;
       v++;
       iovcnt--;
     }
-    if (iovcnt > 0) {
+    if (iovcnt > 0) {  // a short write: the rest follows (or fails) next
       v->iov_base = static_cast<char*>(v->iov_base) + done;
       v->iov_len -= done;
+      mid_line_ = true;
     }
   }
+  mid_line_ = !ends_line;  // a batch may end inside a line the next one ends
   return true;
 }
 
-}  // namespace
+// Counts what could not be written; the first error of an episode is said
+// on stderr, the rest only counted.
+void LogFile::lose(const iovec* iov, int iovcnt, int err, const char* dir, const char* name,
+                   const NoticeMaker& nm, WriteLoss* loss) {
+  bool ends_line;
+  size_t lines = count_lines(iov, iovcnt, &ends_line), bytes = 0;
+  for (int i = 0; i < iovcnt; i++) bytes += iov[i].iov_len;
+  WriteLoss::Cause c = cause_of(err);
+  loss->lines[c] += lines;
+  loss->bytes[c] += bytes;
+  lost_lines_ += lines;
+  lost_bytes_ += bytes;
+  if (!failing_) {
+    failing_ = true;
+    error_ = err;
+    since_ = nm.clock ? nm.clock() : timespec{0, 0};
+    warn("cannot write %s%s%s: %s; counting the lines lost until writing works again", dir,
+         *dir ? "/" : "", name, strerror(err));
+  }
+  errno = err;
+}
+
+// Before the next lines: a newline if a line was cut, and a notice of what
+// was lost or found cut.  False (errno set) when it cannot be written.
+bool LogFile::mend(const char* dir, const char* name, const NoticeMaker& nm) {
+  static const char kCut[] = "[... line cut here ...]\n";
+  char text[400], line[2048];
+  size_t n = 0;
+  if (mid_line_) {
+    memcpy(line, kCut, sizeof kCut - 1);
+    n = sizeof kCut - 1;
+  }
+  if (failing_) {
+    char since[kStampMax + 1];
+    format_stamp(StampStyle::classic, since_, since);
+    since[19] = '\0';
+    snprintf(text, sizeof text, "%llu lines (%llu bytes) could not be written since %s: %s%s",
+             (unsigned long long)lost_lines_, (unsigned long long)lost_bytes_, since,
+             strerror(error_), mid_line_ ? "; the line before this notice was cut" : "");
+  } else {
+    snprintf(text, sizeof text, "the line before this notice was cut: the file did not end "
+             "in a newline (udplogger or the system stopped while writing it)");
+  }
+  if (nm.format) n += nm.format(nm.ctx, nm.clock(), text, line + n, sizeof line - n);
+  ssize_t w = ::write(fd_, line, n);
+  if (w != ssize_t(n)) {
+    if (w >= 0) errno = ENOSPC;  // a short write: still no room
+    return false;
+  }
+  if (failing_)
+    warn("writing %s%s%s again: %llu lines (%llu bytes) were lost, said in the file", dir,
+         *dir ? "/" : "", name, (unsigned long long)lost_lines_,
+         (unsigned long long)lost_bytes_);
+  failing_ = found_cut_ = mid_line_ = false;
+  lost_lines_ = lost_bytes_ = 0;
+  return true;
+}
 
 bool DailyFile::open(const LogDir* dir, time_t now, char* why, size_t whylen) {
   dir_ = dir;
@@ -1453,26 +1564,29 @@ bool DailyFile::open(const LogDir* dir, time_t now, char* why, size_t whylen) {
   return false;
 }
 
-DailyFile::~DailyFile() {
-  if (fd_ >= 0) close(fd_);
-}
+DailyFile::~DailyFile() { file_.close_file(); }
 
 // Points the log at the file for the local date of `now`; on failure keeps
 // the current file (if any) and returns false with *why set.
 bool DailyFile::switch_to(time_t now, char* why, size_t whylen) {
   char name[16];
   log_file_name(now, name);
-  int fd = open_log_file(dir_->fd, name, dir_->perm, why, whylen);
+  bool cut = false;
+  int fd = open_log_file(dir_->fd, name, dir_->perm, &cut, why, whylen);
   if (fd < 0) return false;
-  if (fd_ >= 0) close(fd_);
-  fd_ = fd;
+  file_.close_file();
+  file_.adopt(fd, cut);
   memcpy(name_, name, sizeof name);
   next_switch_ = next_local_midnight(now);
   return true;
 }
 
 void DailyFile::write(const in6_addr*, const iovec* iov, int iovcnt) {
-  write_all(fd_, iov, iovcnt, &errors_, dir_->path, name_);
+  write_with(iov, iovcnt, notices_, &losses_);
+}
+
+void DailyFile::write_with(const iovec* iov, int iovcnt, const NoticeMaker& nm, WriteLoss* loss) {
+  file_.write(iov, iovcnt, dir_->path, name_, nm, loss);
 }
 
 // At local midnight: the new day's file, or (if it cannot be opened) the
@@ -1502,7 +1616,7 @@ bool HostFiles::open(const LogDir* dir, unsigned files, time_t now, char* why, s
     snprintf(why, whylen, "out of memory for files=%u", files);
     return false;
   }
-  for (unsigned i = 0; i < files; i++) open_[i].fd = -1;
+  for (unsigned i = 0; i < files; i++) open_[i].file = LogFile();
   return daemon_.open(dir, now, why, whylen);
 }
 
@@ -1512,32 +1626,31 @@ HostFiles::~HostFiles() {
 }
 
 void HostFiles::close_all() {
-  for (unsigned i = 0; i < capacity_; i++) {
-    if (open_[i].fd >= 0) close(open_[i].fd);
-    open_[i].fd = -1;
-  }
+  for (unsigned i = 0; i < capacity_; i++) open_[i].file.close_file();
 }
 
 unsigned HostFiles::open_files() const {
   unsigned n = 0;
-  for (unsigned i = 0; i < capacity_; i++) n += open_[i].fd >= 0;
+  for (unsigned i = 0; i < capacity_; i++) n += open_[i].file.fd() >= 0;
   return n;
 }
 
 // The open file of host, or DIR/ADDR/YYYY-MM-DD.log opened in the slot of
-// the least recently written one; -1 (said on stderr) when it cannot be.
-int HostFiles::file_for(const in6_addr& host) {
+// the least recently written one; null (said on stderr) when it cannot be.
+HostFiles::HostFile* HostFiles::file_for(const in6_addr& host) {
   HostFile* slot = &open_[0];
   for (unsigned i = 0; i < capacity_; i++) {
     HostFile* f = &open_[i];
-    if (f->fd >= 0 && !memcmp(&f->host, &host, sizeof host)) {
+    bool open = f->file.fd() >= 0;
+    if (open && !memcmp(&f->host, &host, sizeof host)) {
       f->last_used = ++uses_;
-      return f->fd;
+      return f;
     }
-    if (slot->fd >= 0 && (f->fd < 0 || f->last_used < slot->last_used)) slot = f;
+    if (slot->file.fd() >= 0 && (!open || f->last_used < slot->last_used)) slot = f;
   }
-  if (slot->fd >= 0) close(slot->fd);
-  slot->fd = -1;
+  slot->file.close_file();
+  int fd = -1;
+  bool cut = false;
   char addr[kHostNameMax], name[16], why[256];
   format_host(host, addr);
   log_file_name(today_, name);
@@ -1550,33 +1663,36 @@ int HostFiles::file_for(const in6_addr& host) {
   } else if (created && fchmod(dirfd, 0750) < 0) {
     snprintf(why, sizeof why, "cannot set mode 0750: %s", strerror(errno));
   } else {
-    slot->fd = open_log_file(dirfd, name, dir_->perm, why, sizeof why);
+    fd = open_log_file(dirfd, name, dir_->perm, &cut, why, sizeof why);
   }
   if (dirfd >= 0) close(dirfd);
-  if (slot->fd < 0) {  // said once, not for every batch of the same host
+  if (fd < 0) {  // said once, not for every batch of the same host
     if (!has_failed_ || memcmp(&failed_host_, &host, sizeof host))
       warn("cannot open log file %s/%s/%s: %s; its lines go to %s/%s", dir_->path, addr, name,
            why, dir_->path, daemon_.name());
     failed_host_ = host;
     has_failed_ = true;
-    return -1;
+    return nullptr;
   }
+  slot->file.adopt(fd, cut);
   slot->host = host;
   slot->last_used = ++uses_;
-  return slot->fd;
+  return slot;
 }
 
 // A host whose file cannot be opened has its lines in the daemon's file:
 // they carry the sender, and nothing is lost.
 void HostFiles::write(const in6_addr* host, const iovec* iov, int iovcnt) {
-  int fd = host ? file_for(*host) : -1;
-  if (fd < 0) {
-    daemon_.write(nullptr, iov, iovcnt);
+  HostFile* f = host ? file_for(*host) : nullptr;
+  if (!f) {
+    daemon_.write_with(iov, iovcnt, notices_, &losses_);
     return;
   }
-  char addr[kHostNameMax];
+  char addr[kHostNameMax], day[16], name[kHostNameMax + 20];
   format_host(*host, addr);
-  write_all(fd, iov, iovcnt, &errors_, dir_->path, addr);
+  log_file_name(today_, day);
+  snprintf(name, sizeof name, "%s/%s", addr, day);  // for messages
+  f->file.write(iov, iovcnt, dir_->path, name, notices_, &losses_);
 }
 
 // Host files are named after the day they are opened in: at midnight they
@@ -1596,7 +1712,7 @@ void HostFiles::reopen(time_t now) {
 
 void StdoutSink::write(const in6_addr*, const iovec* iov, int iovcnt) {
   if (gone_) return;
-  if (!write_all(STDOUT_FILENO, iov, iovcnt, &errors_, "", "standard output") && errno == EPIPE)
+  if (!out_.write(iov, iovcnt, "", "standard output", notices_, &losses_) && errno == EPIPE)
     gone_ = true;
 }
 
@@ -1942,6 +2058,10 @@ void write_to_sink(void* ctx, const in6_addr* host, const iovec* iov, int iovcnt
 
 void trace_to_stderr(const char* line) { fprintf(stderr, "udplogger: %s\n", line); }
 
+size_t notice_for_sink(void* ctx, const timespec& when, const char* text, char* out, size_t len) {
+  return static_cast<Assembler*>(ctx)->format_notice(when, text, out, len);
+}
+
 int milliseconds_until(const timespec& due, const timespec& now) {
   long long ms = (long long)(due.tv_sec - now.tv_sec) * 1000 +
                  (due.tv_nsec - now.tv_nsec) / 1000000 + 1;
@@ -2032,6 +2152,7 @@ void setup(Server* s, const Options& o, Clock clock) {
   if (!s->out.init(kArenaBytes, write_to_sink, s->sink, o.split == Split::host) ||
       !s->assembler.init(o, &s->out))
     die("out of memory for clients=%u", o.clients);
+  s->sink->set_notices(NoticeMaker{notice_for_sink, &s->assembler, clock});
   if (o.debug) s->assembler.set_trace(trace_to_stderr);
   ring_init(&s->ring);
 
@@ -2060,8 +2181,16 @@ void setup(Server* s, const Options& o, Clock clock) {
 // The statistics line, into the log (after `why`) and on stderr, and a
 // short status for systemd.
 void report_stats(Server* s, const char* why) {
-  char line[512];
+  char line[768];
   s->assembler.format_stats(line, sizeof line);
+  const WriteLoss& w = s->sink->losses();
+  uint64_t lines = 0, bytes = 0;
+  for (int c = 0; c < WriteLoss::kCauses; c++) lines += w.lines[c], bytes += w.bytes[c];
+  size_t n = strlen(line);
+  snprintf(line + n, sizeof line - n, " unwritten_lines=%llu unwritten_bytes=%llu (disk_full=%llu "
+           "quota=%llu io=%llu other=%llu)", (unsigned long long)lines, (unsigned long long)bytes,
+           (unsigned long long)w.lines[WriteLoss::disk_full], (unsigned long long)w.lines[WriteLoss::quota],
+           (unsigned long long)w.lines[WriteLoss::io], (unsigned long long)w.lines[WriteLoss::other]);
   s->assembler.notice(s->clock(), "%s%s", why, line);
   s->out.flush();
   warn("%s%s", why, line);

@@ -186,8 +186,12 @@ class LineWriter {
   // daemon) and the sender called name (null: none).
   void notice(const in6_addr* host, const char* name, size_t name_len, const timespec& when,
               const char* fmt, ...) __attribute__((format(printf, 6, 7)));
+  // The same notice ("STAMP udplogger: text\n", text escaped) into out, for
+  // a sink that must write one itself; returns its length (< len).
+  size_t format_notice(const timespec& when, const char* text, char* out, size_t len);
 
  private:
+  const char* stamp(const timespec& when);  // this second's stamp, cached
   Output* out_ = nullptr;
   Stats* stats_ = nullptr;
   Escape escape_ = Escape::hex;
@@ -442,6 +446,10 @@ class Assembler : private NetconsoleEvents {
   // Writes "STAMP udplogger: text" into the daemon's log.
   void notice(const timespec& now, const char* fmt, ...)
       __attribute__((format(printf, 3, 4)));
+  // The same, into out, for a sink to write itself; returns the length.
+  size_t format_notice(const timespec& now, const char* text, char* out, size_t len) {
+    return lines_.format_notice(now, text, out, len);
+  }
 
   // The statistics line (without newline) into buf.
   void format_stats(char* buf, size_t len) const;
@@ -481,6 +489,51 @@ class Assembler : private NetconsoleEvents {
 // Declared here so the tests can drive them; they live in the shell part
 // of udplogger.cpp and do I/O.
 
+// The shell's clock: wall time now.  The loop takes it as a parameter.
+using Clock = timespec (*)();
+
+// What could not be written, by cause.
+struct WriteLoss {
+  enum Cause { disk_full, quota, io, other, kCauses };
+  uint64_t lines[kCauses] = {}, bytes[kCauses] = {};
+};
+
+// How a sink makes the notices it writes itself, and the time now.
+struct NoticeMaker {
+  size_t (*format)(void* ctx, const timespec& when, const char* text, char* out, size_t len);
+  void* ctx;
+  Clock clock;
+};
+
+// One log file open for appending.  It writes whole lines: after a write
+// error (disk full, quota, I/O) it counts the lines and bytes it could not
+// write, and once writing works again the first thing in the file is a
+// notice saying how many, since when and why (after a newline, if a line
+// was cut).  A file found not ending in a newline is mended the same way.
+class LogFile {
+ public:
+  void adopt(int fd, bool cut);  // cut: the file does not end in a newline
+  void close_file();
+  int fd() const { return fd_; }
+  // Writes a batch; false (errno set) when it could not.  dir and name are
+  // for messages; losses are added to *loss.
+  bool write(const iovec* iov, int iovcnt, const char* dir, const char* name,
+             const NoticeMaker& nm, WriteLoss* loss);
+
+ private:
+  bool mend(const char* dir, const char* name, const NoticeMaker& nm);
+  void lose(const iovec* iov, int iovcnt, int err, const char* dir, const char* name,
+            const NoticeMaker& nm, WriteLoss* loss);
+
+  int fd_ = -1;
+  bool mid_line_ = false;     // the last byte written was not a newline
+  bool found_cut_ = false;    // ... and the file was found that way
+  bool failing_ = false;      // in a write-error episode
+  int error_ = 0;
+  uint64_t lost_lines_ = 0, lost_bytes_ = 0;
+  timespec since_ = {0, 0};
+};
+
 // Where finished lines go: the daily file, per-host daily files, stdout.
 // The midnight switch, reopening and write errors belong to the sink.
 class Sink {
@@ -497,6 +550,15 @@ class Sink {
   virtual time_t next_switch() const { return 0; }
   // True when writing can no longer succeed (stdout's reader went away).
   virtual bool gone() const { return false; }
+
+  // How to make the notices the sink writes itself (after a write error,
+  // before a mended file).
+  void set_notices(const NoticeMaker& nm) { notices_ = nm; }
+  const WriteLoss& losses() const { return losses_; }
+
+ protected:
+  NoticeMaker notices_ = {nullptr, nullptr, nullptr};
+  WriteLoss losses_;
 };
 
 // A log directory held open: files are opened relative to it, without
@@ -511,15 +573,11 @@ struct LogDir {
 bool open_log_dir(const char* dir, unsigned perm, LogDir* d, char* why, size_t whylen);
 
 // Opens name inside dirfd for appending: no symbolic link followed, no
-// blocking on a FIFO, only a non-executable regular file; a new file gets
-// exactly perm.  Returns -1 with *why set.
-int open_log_file(int dirfd, const char* name, unsigned perm, char* why, size_t whylen);
-
-// Write errors, said on stderr once per kind rather than once per batch.
-struct WriteErrors {
-  uint64_t bytes_lost = 0;
-  int last_errno = 0;
-};
+// blocking on a FIFO, only a non-executable regular file with one link,
+// owned by this user; a new file gets exactly perm.  *cut is set when it
+// does not end in a newline.  Returns -1 with *why set.
+int open_log_file(int dirfd, const char* name, unsigned perm, bool* cut, char* why,
+                  size_t whylen);
 
 // DIR/YYYY-MM-DD.log, switched at local midnight.
 class DailyFile : public Sink {
@@ -528,6 +586,8 @@ class DailyFile : public Sink {
   bool open(const LogDir* dir, time_t now, char* why, size_t whylen);
   ~DailyFile();
   void write(const in6_addr* host, const iovec* iov, int iovcnt) override;
+  // The same, with another sink's notices and loss counts.
+  void write_with(const iovec* iov, int iovcnt, const NoticeMaker& nm, WriteLoss* loss);
   void tick(time_t now) override;
   void reopen(time_t now) override;
   time_t next_switch() const override { return next_switch_; }
@@ -536,10 +596,9 @@ class DailyFile : public Sink {
  private:
   bool switch_to(time_t now, char* why, size_t whylen);
   const LogDir* dir_ = nullptr;
-  int fd_ = -1;
+  LogFile file_;
   char name_[16] = "";
   time_t next_switch_ = 0;
-  WriteErrors errors_;
 };
 
 // split=host: DIR/ADDR/YYYY-MM-DD.log per sender address, the daemon's own
@@ -559,10 +618,10 @@ class HostFiles : public Sink {
  private:
   struct HostFile {
     in6_addr host;
-    int fd;              // -1: slot free
+    LogFile file;        // fd -1: slot free
     uint64_t last_used;
   };
-  int file_for(const in6_addr& host);
+  HostFile* file_for(const in6_addr& host);
   void close_all();
 
   const LogDir* dir_ = nullptr;
@@ -573,22 +632,19 @@ class HostFiles : public Sink {
   time_t today_ = 0;   // the day host files are named after
   bool has_failed_ = false;
   in6_addr failed_host_;  // the last host whose file could not be opened
-  WriteErrors errors_;
 };
 
 // dir=-: lines to standard output, written after every batch.
 class StdoutSink : public Sink {
  public:
+  StdoutSink() { out_.adopt(1, false); }
   void write(const in6_addr* host, const iovec* iov, int iovcnt) override;
   bool gone() const override { return gone_; }
 
  private:
   bool gone_ = false;
-  WriteErrors errors_;
+  LogFile out_;
 };
-
-// The shell's clock: wall time now.  The loop takes it as a parameter.
-using Clock = timespec (*)();
 
 }  // namespace ul
 

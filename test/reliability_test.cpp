@@ -1,0 +1,213 @@
+// Never lose a line silently: write errors, files cut by a crash, unsafe
+// files; with the daemon, a real full disk (tmpfs, as root).
+#include <doctest.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "core_harness.h"
+#include "helpers.h"
+#include "udplogger.h"
+
+namespace {
+
+// A notice maker of the test's own, so the file's exact bytes are known.
+size_t test_notice(void*, const timespec& when, const char* text, char* out, size_t len) {
+  return size_t(snprintf(out, len, "NOTICE %ld: %s\n", long(when.tv_sec - T0), text));
+}
+timespec test_clock() { return at(T0 + 7); }
+const ul::NoticeMaker kNotices = {test_notice, nullptr, test_clock};
+
+iovec piece(const char* s) { return iovec{const_cast<char*>(s), strlen(s)}; }
+
+template <typename F>
+std::string stderr_of(F f) {
+  std::string path = make_temp_dir() + "/stderr";
+  fflush(stderr);
+  int saved = dup(2);
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  dup2(fd, 2);
+  close(fd);
+  f();
+  fflush(stderr);
+  dup2(saved, 2);
+  close(saved);
+  return read_file(path);
+}
+
+size_t count_of(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t p = text.find(what); p != std::string::npos; p = text.find(what, p + 1)) n++;
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("write errors: lines counted by cause; when writing works again a notice comes first") {
+  ScopedZone utc("UTC");
+  std::string path = make_temp_dir() + "/log";
+  int fd = open("/dev/full", O_WRONLY | O_CLOEXEC);  // every write: ENOSPC
+  REQUIRE(fd >= 0);
+  ul::LogFile f;
+  f.adopt(fd, false);
+  ul::WriteLoss loss;
+  iovec ab[2] = {piece("line a\n"), piece("line b\n")};
+  iovec c = piece("line c\n"), d = piece("line d\n");
+  std::string err = stderr_of([&] {
+    CHECK_FALSE(f.write(ab, 2, "/dir", "x.log", kNotices, &loss));
+    CHECK_FALSE(f.write(&c, 1, "/dir", "x.log", kNotices, &loss));
+  });
+  CHECK(err == "udplogger: cannot write /dir/x.log: No space left on device; counting the lines "
+               "lost until writing works again\n");  // once per episode
+  CHECK(loss.lines[ul::WriteLoss::disk_full] == 3);
+  CHECK(loss.bytes[ul::WriteLoss::disk_full] == 21);
+  // Space again: the same descriptor now leads to a real file.
+  int real = open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+  REQUIRE(dup2(real, fd) == fd);
+  close(real);
+  err = stderr_of([&] { CHECK(f.write(&d, 1, "/dir", "x.log", kNotices, &loss)); });
+  CHECK(err == "udplogger: writing /dir/x.log again: 3 lines (21 bytes) were lost, said in the "
+               "file\n");
+  CHECK(read_file(path) == "NOTICE 7: 3 lines (21 bytes) could not be written since "
+                           "2026-11-22 03:00:07: No space left on device\nline d\n");
+  f.close_file();
+}
+
+TEST_CASE("write errors: a line cut by the error is ended and marked") {
+  ScopedZone utc("UTC");
+  std::string path = make_temp_dir() + "/log";
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+  ul::LogFile f;
+  f.adopt(fd, false);
+  ul::WriteLoss loss;
+  iovec half = piece("whole\nhalf of a li");  // a batch may end inside a line
+  CHECK(f.write(&half, 1, "/d", "n", kNotices, &loss));
+  int full = open("/dev/full", O_WRONLY);
+  int keep = dup(fd);
+  dup2(full, fd);
+  iovec rest = piece("ne\nnext\n");
+  stderr_of([&] { CHECK_FALSE(f.write(&rest, 1, "/d", "n", kNotices, &loss)); });
+  dup2(keep, fd);
+  close(keep);
+  close(full);
+  iovec later = piece("later\n");
+  stderr_of([&] { CHECK(f.write(&later, 1, "/d", "n", kNotices, &loss)); });
+  CHECK(read_file(path) == "whole\nhalf of a li[... line cut here ...]\nNOTICE 7: 2 lines (8 bytes) could not be written "
+                           "since 2026-11-22 03:00:07: No space left on device; the line before "
+                           "this notice was cut\nlater\n");
+  f.close_file();
+}
+
+TEST_CASE("crash: a day file that does not end in a newline gets one and a notice first") {
+  ScopedZone utc("UTC");
+  std::string dir = make_temp_dir();
+  {
+    FILE* old = fopen((dir + "/2026-11-22.log").c_str(), "w");
+    fputs("2026-11-22 02:59:59 10.0.0.1:1 cut by SIGKI", old);
+    fclose(old);
+    chmod((dir + "/2026-11-22.log").c_str(), 0600);
+  }
+  ul::LogDir d;
+  char why[512];
+  REQUIRE(ul::open_log_dir(dir.c_str(), 0600, &d, why, sizeof why));
+  ul::DailyFile f;
+  REQUIRE(f.open(&d, T0, why, sizeof why));
+  f.set_notices(kNotices);
+  iovec next = piece("2026-11-22 03:00:00 10.0.0.1:1 next\n");
+  f.write(nullptr, &next, 1);
+  CHECK(read_file(dir + "/2026-11-22.log") ==
+        "2026-11-22 02:59:59 10.0.0.1:1 cut by SIGKI[... line cut here ...]\n"
+        "NOTICE 7: the line before this notice was cut: the file did not end in a newline "
+        "(udplogger or the system stopped while writing it)\n"
+        "2026-11-22 03:00:00 10.0.0.1:1 next\n");
+}
+
+TEST_CASE("start-up safety: a day file with another hard link, or another owner, is refused") {
+  ScopedZone utc("UTC");
+  std::string dir = make_temp_dir();
+  std::string victim = make_temp_dir() + "/victim";
+  {
+    FILE* v = fopen(victim.c_str(), "w");
+    fclose(v);
+    chmod(victim.c_str(), 0600);
+  }
+  REQUIRE(link(victim.c_str(), (dir + "/2026-11-22.log").c_str()) == 0);
+  ul::LogDir d;
+  char why[512];
+  REQUIRE(ul::open_log_dir(dir.c_str(), 0600, &d, why, sizeof why));
+  ul::DailyFile f;
+  CHECK_FALSE(f.open(&d, T0, why, sizeof why));
+  CHECK(std::string(why) == "cannot open log file " + std::string(d.path) +
+                                "/2026-11-22.log: has 2 hard links; refusing to append to it");
+  if (!is_root()) {
+    MESSAGE("not root: the other-owner case needs chown");  // the hard link case ran
+    return;
+  }
+  REQUIRE(unlink((dir + "/2026-11-22.log").c_str()) == 0);
+  REQUIRE(rename(victim.c_str(), (dir + "/2026-11-22.log").c_str()) == 0);
+  REQUIRE(chown((dir + "/2026-11-22.log").c_str(), 65534, 65534) == 0);
+  ul::DailyFile g;
+  CHECK_FALSE(g.open(&d, T0, why, sizeof why));
+  CHECK(std::string(why).find("/2026-11-22.log: is owned by uid 65534, not by udplogger's uid 0; "
+                              "refusing to append to it") != std::string::npos);
+}
+
+TEST_CASE("daemon: a full disk: every lost line counted, the first thing after is a notice" *
+          skip_unless(is_root(), "daemon: a full disk", "not root: mounting a small tmpfs needs root")) {
+  std::string dir = make_temp_dir();
+  REQUIRE(mount("udplogger-test", dir.c_str(), "tmpfs", 0, "size=200k,mode=0755") == 0);
+  // Most of the space taken, so that the log fills it soon.
+  REQUIRE(run_command("dd if=/dev/zero of=" + dir + "/filler bs=4k count=40 2>/dev/null").status == 0);
+  {
+    Daemon d({}, {}, dir);
+    REQUIRE(d.running());
+    Sender s;
+    const int n = 1000;
+    std::string pad(80, '.');
+    for (int i = 0; i < n; i++) {
+      s.send(d.port_, "seq " + std::to_string(i) + " " + pad + "\n");
+      if (i % 50 == 49) usleep(2000);
+    }
+    REQUIRE(wait_for([&] { return d.err().find("No space left on device") != std::string::npos; }));
+    usleep(200000);
+    REQUIRE(unlink((dir + "/filler").c_str()) == 0);  // space again
+    s.send(d.port_, "after the disk was freed\n");
+    REQUIRE(d.wait_log("after the disk was freed\n"));
+    CHECK(d.stop() == 0);
+    std::string log = d.log();
+    size_t written = count_of(log, " " + pad + "\n");
+    std::smatch m;
+    REQUIRE(std::regex_search(log, m, std::regex("\n[0-9: -]{20}udplogger: ([0-9]+) lines \\(([0-9]+) "
+                                                 "bytes\\) could not be written since [0-9: -]{19}: No space "
+                                                 "left on device(; the line before this notice was cut)?\n")));
+    size_t lost = std::stoul(m[1]);
+    MESSAGE("sent " << n << ", written " << written << ", counted as lost " << lost);
+    CHECK(lost > 0);
+    CHECK(written + lost == size_t(n));
+    // The notice is the first thing written once there was room again.
+    size_t notice = log.find("could not be written since");
+    CHECK(log.find(" seq ", notice) > log.find("after the disk was freed", notice));
+    // Every line whole: a prefix, no glued lines.
+    size_t bad = 0;
+    for (size_t i = 0; i < log.size();) {
+      size_t e = log.find('\n', i);
+      std::string line = log.substr(i, e - i);
+      bool ok = std::regex_match(line, std::regex("\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\d "
+                                                  "(udplogger: .*|127\\.0\\.0\\.1:\\d+ (seq \\d+ \\.{80}|after the disk was freed)|.*\\[\\.\\.\\. line cut here \\.\\.\\.\\])"));
+      if (!ok && bad++ < 3) MESSAGE("not a whole line: " << line);
+      i = e + 1;
+    }
+    CHECK(bad == 0);
+    CHECK(d.err().find("unwritten_lines=" + std::to_string(lost) + " ") != std::string::npos);
+    CHECK(d.err().find("(disk_full=" + std::to_string(lost) + " ") != std::string::npos);
+    CHECK(count_of(d.err(), "cannot write ") == 1);  // once per episode
+  }
+  umount(dir.c_str());
+}

@@ -35,6 +35,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -534,8 +535,9 @@ size_t LineWriter::format_notice(const timespec& when, const char* text, char* o
 
 // ================================================================= senders
 
-bool SenderTable::init(unsigned capacity) {
+bool SenderTable::init(unsigned capacity, uint64_t seed) {
   capacity_ = capacity;
+  seed_ = seed;
   slots_ = static_cast<Sender*>(calloc(capacity, sizeof(Sender)));
   uint32_t nbuckets = 16;
   while (nbuckets < capacity * 2) nbuckets <<= 1;
@@ -552,14 +554,16 @@ SenderTable::~SenderTable() {
   free(buckets_);
 }
 
-// Address and port mixed a word at a time (multiply, fold): a few cycles,
-// where a byte-wise hash over 18 bytes was the largest cost of a lookup,
-// and senders of one subnet or one host's ports still spread.
+// Address and port mixed a word at a time (multiply, fold) with the seed:
+// a few cycles, where a byte-wise hash over 18 bytes was the largest cost
+// of a lookup; senders of one subnet or one host's ports still spread, and
+// without the seed nobody can compute senders that share a bucket.
 uint32_t SenderTable::bucket(const in6_addr& addr, uint16_t port) const {
   uint64_t hi, lo;
   memcpy(&hi, addr.s6_addr, 8);
   memcpy(&lo, addr.s6_addr + 8, 8);
-  uint64_t h = (hi * 0x9e3779b97f4a7c15ULL) ^ ((lo + port) * 0xc2b2ae3d27d4eb4fULL);
+  uint64_t h = ((hi ^ seed_) * 0x9e3779b97f4a7c15ULL) ^
+               ((lo + port + (seed_ >> 17)) * 0xc2b2ae3d27d4eb4fULL);
   h ^= h >> 29;
   h *= 0xbf58476d1ce4e5b9ULL;
   h ^= h >> 32;
@@ -617,12 +621,12 @@ bool timespec_le(const timespec& a, const timespec& b) {
 
 }  // namespace
 
-bool Assembler::init(const Options& opts, Output* out) {
+bool Assembler::init(const Options& opts, Output* out, uint64_t hash_seed) {
   opts_ = opts;
   out_ = out;
   lines_.init(opts, out, &stats_);
   records_.init(&lines_, opts.wbuf, &stats_);
-  return table_.init(opts.clients) && nc_.init(opts.frags, opts.timeout, this, &stats_);
+  return table_.init(opts.clients, hash_seed) && nc_.init(opts.frags, opts.timeout, this, &stats_);
 }
 
 void Assembler::datagram(const Datagram& d) {
@@ -640,9 +644,9 @@ void Assembler::datagram(const Datagram& d) {
 // Takes one datagram to where it belongs; returns its sender (null for an
 // empty datagram), *ext set when it was extended netconsole, parsed in *h.
 const Sender* Assembler::route(const Datagram& d, ExtHeader* h, bool* ext) {
-  if (d.kernel_drops >= 0) kernel_drops(uint32_t(d.kernel_drops), d.when);
+  if (d.kernel_dropped) kernel_dropped(d.kernel_dropped, d.when);
   stats_.datagrams++;
-  stats_.bytes += d.len;
+  add_saturating(&stats_.bytes, d.len);
   if (d.len == 0) return nullptr;
   Sender* s = sender_for(d.addr, d.port, d.when);
   if (d.truncated) {
@@ -706,16 +710,12 @@ Sender* Assembler::sender_for(const in6_addr& addr, uint16_t port, const timespe
   return s;
 }
 
-// The kernel's count of datagrams dropped on the socket (SO_RXQ_OVFL,
-// cumulative, may wrap): a notice when it grew.
-void Assembler::kernel_drops(uint32_t total, const timespec& now) {
-  if (total == drops_seen_) return;
-  uint32_t dropped = total - drops_seen_;
-  drops_seen_ = total;
-  stats_.kernel_drops += dropped;
+void Assembler::kernel_dropped(uint32_t n, const timespec& now) {
+  if (n == 0) return;
+  add_saturating(&stats_.kernel_drops, n);
   lines_.notice(nullptr, nullptr, 0, now,
-                "%u datagram%s dropped by the kernel: receive buffer full (rbuf=%lu)", dropped,
-                dropped == 1 ? "" : "s", opts_.rbuf);
+                "%u datagram%s dropped by the kernel: receive buffer full (rbuf=%lu)", n,
+                n == 1 ? "" : "s", opts_.rbuf);
 }
 
 // Writes one log line: a (copied) and b (referenced in place, followed by
@@ -1026,7 +1026,7 @@ bool Netconsole::seen_before(Sender* s, uint64_t seq, const timespec& when) {
     uint64_t gap = seq - n.last_seq - 1;
     bool resumed = n.seq_resumable && seq == n.resume_seq + 1;  // it was a duplicate
     if (gap > 0 && !resumed) {
-      stats_->missing += gap;
+      add_saturating(&stats_->missing, gap);
       notice(s, when, "%llu record%s not received: seq %llu..%llu; %s",
              (unsigned long long)gap, gap == 1 ? "" : "s",
              (unsigned long long)(n.last_seq + 1), (unsigned long long)(seq - 1),
@@ -1089,7 +1089,7 @@ void Netconsole::check_msgid(Sender* s, const char* text, size_t len, const time
   if (!parse_decimal(&p, text + len, 20, &id)) return;
   if (n.msgid_known && id > n.last_msgid + 1) {
     uint64_t lost = id - n.last_msgid - 1;
-    stats_->lost_in_transit += lost;
+    add_saturating(&stats_->lost_in_transit, lost);
     notice(s, when, "%llu record%s lost in transit: msgid %llu..%llu", (unsigned long long)lost,
            lost == 1 ? "" : "s", (unsigned long long)(n.last_msgid + 1),
            (unsigned long long)(id - 1));
@@ -1728,6 +1728,12 @@ constexpr size_t kSlotBytes = 65536;   // room for the largest UDP datagram
 constexpr int kBatchesPerWake = 64;    // then look at timers and signals
 constexpr size_t kArenaBytes = 256 * 1024;
 constexpr long kCoalesceMaxNs = 5000000;  // a batch gathers for up to 5 ms, under load
+constexpr int kStopDrainSeconds = 3;      // at stop, the queue is read for at most this
+// SO_MEMINFO's array (linux/sock_diag.h, a stable ABI; not in musl's headers).
+constexpr int kMeminfoDrops = 8, kMeminfoVars = 9;
+#ifndef SO_MEMINFO
+#define SO_MEMINFO 55
+#endif
 
 [[noreturn]] void die(const char* fmt, ...) {
   va_list ap;
@@ -1753,6 +1759,7 @@ struct Listener {
   bool dual_stack = false;
   bool inherited = false;             // handed in by systemd or a parent
   int rbuf_granted = 0;
+  uint32_t drops_seen = 0;            // the socket's drop counter when last reported
 };
 
 // Formats a socket address as "a.b.c.d:port" or "[v6]:port".
@@ -1976,8 +1983,8 @@ void ring_init(Ring* r) {
 }
 
 // Message i of the ring as the core sees it: sender (IPv4 as v4-mapped),
-// arrival time (else `fallback`), bytes, and the drop counter if sent.
-Datagram datagram_of(const Ring& r, int i, const timespec& fallback) {
+// arrival time (else `fallback`), bytes, and the drops since the last report.
+Datagram datagram_of(const Ring& r, int i, const timespec& fallback, Listener* l) {
   Datagram d;
   const sockaddr_in6& sa = r.names[i];
   if (sa.sin6_family == AF_INET) {
@@ -1992,7 +1999,7 @@ Datagram datagram_of(const Ring& r, int i, const timespec& fallback) {
   }
   const msghdr& h = r.msgs[i].msg_hdr;
   d.when = fallback;
-  d.kernel_drops = -1;
+  d.kernel_dropped = 0;
   for (cmsghdr* c = CMSG_FIRSTHDR(&h); c; c = CMSG_NXTHDR(const_cast<msghdr*>(&h), c)) {
     if (c->cmsg_level != SOL_SOCKET) continue;
     if (c->cmsg_type == SCM_TIMESTAMPNS) {
@@ -2004,7 +2011,8 @@ Datagram datagram_of(const Ring& r, int i, const timespec& fallback) {
     } else if (c->cmsg_type == SO_RXQ_OVFL) {
       uint32_t n;
       memcpy(&n, CMSG_DATA(c), sizeof n);
-      d.kernel_drops = n;
+      d.kernel_dropped = n - l->drops_seen;  // the counter may wrap
+      l->drops_seen = n;
     }
   }
   d.data = static_cast<const char*>(r.iov[i].iov_base);
@@ -2015,20 +2023,20 @@ Datagram datagram_of(const Ring& r, int i, const timespec& fallback) {
 
 // Receives one batch into the ring and feeds it to the assembler; returns
 // the number of datagrams, 0 when the socket is empty.
-int receive_batch(int fd, Ring* r, Assembler* a, Clock clock) {
+int receive_batch(Listener* l, Ring* r, Assembler* a, Clock clock) {
   for (int i = 0; i < kBatch; i++) {
     msghdr& h = r->msgs[i].msg_hdr;  // the lengths the kernel changed last time
     h.msg_namelen = sizeof r->names[i];
     h.msg_controllen = sizeof r->ctrl[i];
     h.msg_flags = 0;
   }
-  int n = recvmmsg(fd, r->msgs, kBatch, MSG_DONTWAIT, nullptr);
+  int n = recvmmsg(l->fd, r->msgs, kBatch, MSG_DONTWAIT, nullptr);
   if (n <= 0) {
     if (n < 0 && errno != EAGAIN && errno != EINTR) warn("recvmmsg: %s", strerror(errno));
     return 0;
   }
   timespec now = clock();
-  for (int i = 0; i < n; i++) a->datagram(datagram_of(*r, i, now));
+  for (int i = 0; i < n; i++) a->datagram(datagram_of(*r, i, now, l));
   return n;
 }
 
@@ -2149,8 +2157,11 @@ void setup(Server* s, const Options& o, Clock clock) {
     if (!s->daily.open(&s->dir, now, why, sizeof why)) die("%s", why);
     s->sink = &s->daily;
   }
+  uint64_t seed = 0;
+  if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) != ssize_t(sizeof seed))
+    seed = uint64_t(clock().tv_nsec) * 0x9e3779b97f4a7c15ULL ^ uint64_t(getpid());
   if (!s->out.init(kArenaBytes, write_to_sink, s->sink, o.split == Split::host) ||
-      !s->assembler.init(o, &s->out))
+      !s->assembler.init(o, &s->out, seed))
     die("out of memory for clients=%u", o.clients);
   s->sink->set_notices(NoticeMaker{notice_for_sink, &s->assembler, clock});
   if (o.debug) s->assembler.set_trace(trace_to_stderr);
@@ -2222,15 +2233,61 @@ int wait_for_events(Server* s, long pause_ns, epoll_event* events) {
 
 // Reads batches until the socket is empty (or a bound, to stay responsive);
 // returns true when more than one datagram was waiting: the loop is busy.
-bool drain_socket(Server* s, int fd) {
+bool drain_socket(Server* s, Listener* l) {
   int total = 0;
   for (int b = 0; b < kBatchesPerWake; b++) {
-    int got = receive_batch(fd, &s->ring, &s->assembler, s->clock);
+    int got = receive_batch(l, &s->ring, &s->assembler, s->clock);
     s->out.flush();  // the ring is reused by the next batch
     total += got;
     if (got < kBatch) return total > 1;
   }
   return false;  // not drained: look again at once
+}
+
+// The socket's own drop counter (SO_MEMINFO), read without waiting for a
+// datagram to carry it: a burst's last drops are reported too.
+void check_drops(Server* s, Listener* l) {
+  uint32_t info[kMeminfoVars];
+  socklen_t len = sizeof info;
+  if (getsockopt(l->fd, SOL_SOCKET, SO_MEMINFO, info, &len) < 0 || len <= kMeminfoDrops * 4)
+    return;
+  uint32_t n = info[kMeminfoDrops] - l->drops_seen;
+  l->drops_seen = info[kMeminfoDrops];
+  s->assembler.kernel_dropped(n, s->clock());
+  s->out.flush();
+}
+
+void check_all_drops(Server* s) {
+  for (int i = 0; i < s->nlisteners; i++) check_drops(s, &s->listeners[i]);
+}
+
+// At stop: reads everything queued, for at most kStopDrainSeconds; what is
+// still queued then is read, counted and said in a notice, not written.
+void drain_for_stop(Server* s) {
+  timespec deadline = s->clock();
+  deadline.tv_sec += kStopDrainSeconds;
+  for (int i = 0; i < s->nlisteners; i++) {
+    Listener* l = &s->listeners[i];
+    unsigned long long left = 0;
+    for (;;) {
+      timespec now = s->clock();
+      bool late = now.tv_sec > deadline.tv_sec ||
+                  (now.tv_sec == deadline.tv_sec && now.tv_nsec >= deadline.tv_nsec);
+      int got;
+      if (!late) {
+        got = receive_batch(l, &s->ring, &s->assembler, s->clock);
+        s->out.flush();
+      } else {
+        got = recvmmsg(l->fd, s->ring.msgs, kBatch, MSG_DONTWAIT, nullptr);
+        if (got > 0) left += unsigned(got);
+      }
+      if (got < kBatch) break;
+    }
+    if (left > 0)
+      s->assembler.notice(s->clock(), "%llu datagrams still queued on %s after %d s of "
+                          "reading at stop were not written", left, l->where, kStopDrainSeconds);
+  }
+  check_all_drops(s);
 }
 
 // Acts on the signals received; returns the stopping signal, or 0.
@@ -2242,6 +2299,7 @@ int handle_signals(Server* s) {
       s->out.flush();
       s->sink->reopen(s->clock().tv_sec);
     } else if (si.ssi_signo == SIGUSR1) {
+      check_all_drops(s);
       report_stats(s, "");
     } else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
       stop = int(si.ssi_signo);
@@ -2261,14 +2319,19 @@ int loop(Server* s) {
     if (long(s->listeners[i].rbuf_granted) / 400 * 1000 < coalesce_ns)
       coalesce_ns = long(s->listeners[i].rbuf_granted) / 400 * 1000;
   bool busy = false;  // the last wakeup found more than one datagram
+  bool was_busy = false;
   for (;;) {
+    // The kernel drops only while the loop is behind, that is busy: when it
+    // goes idle again, the socket's counter has the burst's last drops.
+    if (was_busy && !busy) check_all_drops(s);
+    was_busy = busy;
     int n = wait_for_events(s, busy ? coalesce_ns : 0, events);
     s->sink->tick(s->clock().tv_sec);
     int stop = 0;
     busy = false;
     for (int i = 0; i < n; i++) {
       int which = int(events[i].data.u32);
-      if (which < s->nlisteners) busy |= drain_socket(s, s->listeners[which].fd);
+      if (which < s->nlisteners) busy |= drain_socket(s, &s->listeners[which]);
       else stop = handle_signals(s);
     }
     if (s->sink->gone()) {
@@ -2277,7 +2340,7 @@ int loop(Server* s) {
     }
     if (stop) {  // take what is queued, write every partial line, leave
       notify(s->notifier, "STOPPING=1");
-      for (int i = 0; i < s->nlisteners; i++) drain_socket(s, s->listeners[i].fd);
+      drain_for_stop(s);
       s->assembler.expire(s->clock(), true);
       report_stats(s, stop == SIGTERM ? "stopped by SIGTERM; " : "stopped by SIGINT; ");
       return 0;
@@ -2295,6 +2358,10 @@ ul::Server the_server;  // the ring and the output's iovecs: static storage, not
 }
 
 int main(int argc, char** argv) {
+  // Started with 0, 1 or 2 closed, the log file would become one of them and
+  // messages would land in it: hold them on /dev/null.
+  for (int fd = 0; fd <= 2; fd++)
+    if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", O_RDWR) < 0) break;
   ul::Options opts;
   char err[256];
   switch (ul::parse_options(argc, argv, &opts, err, sizeof err)) {

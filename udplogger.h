@@ -103,7 +103,7 @@ struct Datagram {
   timespec when;               // the kernel's arrival time
   const char* data;            // valid until the Output is flushed
   size_t len;
-  int64_t kernel_drops;        // the socket's drop counter with it; -1: none
+  uint32_t kernel_dropped;      // datagrams the kernel dropped on its socket since the last report
   bool truncated;              // cut to fit the receive slot
 };
 
@@ -147,6 +147,12 @@ class Output {
   bool has_host_ = false;  // the collected lines are about host_, not the daemon
   in6_addr host_;
 };
+
+// Adds n to a counter without wrapping: a sender choosing sequence numbers
+// must not be able to make a count small again.
+inline void add_saturating(uint64_t* counter, uint64_t n) {
+  *counter = *counter + n < *counter ? UINT64_MAX : *counter + n;
+}
 
 struct Stats {
   uint64_t datagrams = 0, bytes = 0, lines = 0;
@@ -398,7 +404,7 @@ struct Sender {
 // sender idle longest, the caller writes that sender's pending text.
 class SenderTable {
  public:
-  bool init(unsigned capacity);
+  bool init(unsigned capacity, uint64_t seed);  // seed: random, so buckets cannot be aimed at
   ~SenderTable();
   Sender* find(const in6_addr& addr, uint16_t port);  // and marks it heard now
   bool full() const { return used_ == capacity_; }
@@ -409,14 +415,15 @@ class SenderTable {
   Sender* slots() { return slots_; }
   const Sender* slots() const { return slots_; }
   int32_t index(const Sender* s) const { return int32_t(s - slots_); }
+  uint32_t bucket(const in6_addr& addr, uint16_t port) const;  // public for the tests
 
  private:
-  uint32_t bucket(const in6_addr& addr, uint16_t port) const;
   void unhash(Sender* s);
 
   Sender* slots_ = nullptr;
   int32_t* buckets_ = nullptr;
   uint32_t bucket_mask_ = 0;
+  uint64_t seed_ = 0;
   size_t used_ = 0, capacity_ = 0;
   IndexList<Sender, &Sender::lru_prev, &Sender::lru_next> lru_;  // idle longest first
 };
@@ -427,7 +434,7 @@ class SenderTable {
 // into lines joined across datagrams per sender.
 class Assembler : private NetconsoleEvents {
  public:
-  bool init(const Options& opts, Output* out);
+  bool init(const Options& opts, Output* out, uint64_t hash_seed = 0);
 
   void datagram(const Datagram& d);
 
@@ -442,6 +449,9 @@ class Assembler : private NetconsoleEvents {
 
   // Earliest time a partial line or record times out; {0,0} when none.
   timespec next_deadline() const;
+
+  // n more datagrams dropped by the kernel (receive buffer full): a notice.
+  void kernel_dropped(uint32_t n, const timespec& now);
 
   // Writes "STAMP udplogger: text" into the daemon's log.
   void notice(const timespec& now, const char* fmt, ...)
@@ -481,7 +491,6 @@ class Assembler : private NetconsoleEvents {
   SenderTable table_;
   Netconsole nc_;
   IndexList<Sender, &Sender::pend_prev, &Sender::pend_next> pending_;  // oldest partial first
-  uint32_t drops_seen_ = 0;
   TraceFn trace_ = nullptr;
 };
 

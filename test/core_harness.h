@@ -93,14 +93,14 @@ struct Core {
     REQUIRE(asm_.init(opts, &out));
   }
   void feed(const in6_addr& addr, uint16_t port, const std::string& data, timespec when,
-            int64_t drops = -1) {
+            uint32_t dropped = 0) {
     ul::Datagram d{};
     d.addr = addr;
     d.port = port;
     d.when = when;
     d.data = data.data();
     d.len = data.size();
-    d.kernel_drops = drops;
+    d.kernel_dropped = dropped;
     asm_.datagram(d);
     out.flush();  // as the shell does: the datagram's bytes go away now
   }

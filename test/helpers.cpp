@@ -334,7 +334,7 @@ void Daemon::signal(int sig) { kill(pid_, sig); }
 
 int Daemon::stop(int sig) {
   if (pid_ <= 0) return -1;
-  kill(pid_, sig);
+  if (sig) kill(pid_, sig);
   int st = 0;
   if (!wait_for([&] { return waitpid(pid_, &st, WNOHANG) == pid_; }, 10)) {
     kill(pid_, SIGKILL);

@@ -64,7 +64,7 @@ class Daemon {
                   std::string dir = "");
   ~Daemon();
   bool running() const { return pid_ > 0; }
-  // Sends a signal and waits for the exit; returns the exit status.
+  // Sends a signal (0: none) and waits for the exit; returns the exit status.
   int stop(int sig = 15);
   void signal(int sig);
   std::string log() const { return all_logs(dir_); }

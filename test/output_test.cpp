@@ -83,18 +83,18 @@ TEST_CASE("output: split=host groups lines by host; notices go with their sender
   Core c(o);
   // One receive batch: nothing is flushed until the end, as in the shell.
   std::vector<std::string> keep;
-  auto add = [&](const in6_addr& a, uint16_t port, const std::string& data, int64_t drops) {
+  auto add = [&](const in6_addr& a, uint16_t port, const std::string& data, uint32_t drops) {
     keep.push_back(data);
     c.asm_.datagram(ul::Datagram{a, port, at(T0), keep.back().data(), keep.back().size(),
                                  drops, false});
   };
   keep.reserve(8);
-  add(v4("10.0.0.1"), 1, "a1\n", -1);
-  add(v4("10.0.0.1"), 2, "a2\n", -1);  // another port of the same host: same file
-  add(v6("2001:db8::7"), 6665, "6,1,1,-;r1\n", -1);
-  add(v6("2001:db8::7"), 6665, "6,5,1,-;r5\n", -1);
+  add(v4("10.0.0.1"), 1, "a1\n", 0);
+  add(v4("10.0.0.1"), 2, "a2\n", 0);  // another port of the same host: same file
+  add(v6("2001:db8::7"), 6665, "6,1,1,-;r1\n", 0);
+  add(v6("2001:db8::7"), 6665, "6,5,1,-;r5\n", 0);
   add(v4("10.0.0.1"), 1, "", 3);  // the kernel dropped 3: the daemon's own notice
-  add(v4("10.0.0.1"), 1, "a3\n", -1);
+  add(v4("10.0.0.1"), 1, "a3\n", 0);
   c.out.flush();
   std::vector<std::pair<std::string, std::string>> want = {
       {"10.0.0.1", stamp_at(0) + "10.0.0.1:1 a1\n" + stamp_at(0) + "10.0.0.1:2 a2\n"},
@@ -113,7 +113,7 @@ TEST_CASE("output: without split=host one batch holds every sender") {
   Core c;
   ul::Datagram d{};
   std::string a = "a\n", b = "b\n";
-  d = ul::Datagram{v4("10.0.0.1"), 1, at(T0), a.data(), a.size(), -1, false};
+  d = ul::Datagram{v4("10.0.0.1"), 1, at(T0), a.data(), a.size(), 0, false};
   c.asm_.datagram(d);
   d = ul::Datagram{v4("10.0.0.2"), 1, at(T0), b.data(), b.size(), 3, false};
   c.asm_.datagram(d);
@@ -126,7 +126,7 @@ TEST_CASE("output: without split=host one batch holds every sender") {
 TEST_CASE("datagram: a cut datagram is a notice about its sender") {
   Core c;
   std::string big(100, 'x');
-  c.asm_.datagram(ul::Datagram{v4("10.0.0.9"), 7, at(T0), big.data(), big.size(), -1, true});
+  c.asm_.datagram(ul::Datagram{v4("10.0.0.9"), 7, at(T0), big.data(), big.size(), 0, true});
   c.asm_.expire(at(T0), true);
   CHECK(c.text() == stamp_at(0) + "udplogger: 10.0.0.9:7: datagram cut to 100 bytes: larger "
                                   "than the receive slot\n" +
@@ -143,7 +143,7 @@ TEST_CASE("names: hosts for directories, senders for lines") {
 
 TEST_CASE("sender table: finds, orders by last heard, reuses the idle slot, never writes") {
   ul::SenderTable t;
-  REQUIRE(t.init(10));
+  REQUIRE(t.init(10, 0));
   for (int i = 0; i < 10; i++) REQUIRE(t.add(v4("10.0.0.1"), uint16_t(100 + i)));
   CHECK(t.full());
   CHECK(t.idle_longest()->port == 100);
@@ -157,6 +157,27 @@ TEST_CASE("sender table: finds, orders by last heard, reuses the idle slot, neve
   CHECK(t.find(v4("10.0.0.1"), 101) == nullptr);
   CHECK(t.find(v4("10.0.0.2"), 100) == s);
   CHECK(t.size() == 10);
+}
+
+TEST_CASE("sender table: the hash seed decides the buckets, so collisions cannot be precomputed") {
+  ul::SenderTable a, b;
+  REQUIRE(a.init(1024, 0x1234));
+  REQUIRE(b.init(1024, 0x5678));
+  int same = 0;
+  for (int i = 0; i < 1000; i++) {
+    in6_addr addr = v4(("10.0." + std::to_string(i / 250) + "." + std::to_string(i % 250)).c_str());
+    same += a.bucket(addr, 6665) == b.bucket(addr, 6665);
+  }
+  MESSAGE(same << " of 1000 senders in the same bucket under two seeds (2048 buckets)");
+  CHECK(same < 20);
+}
+
+TEST_CASE("counters saturate: sequence jumps chosen by a sender cannot wrap them") {
+  Core c;
+  const std::string half = "9223372036854775808";  // 2^63
+  for (const std::string& seq : {std::string("0"), half, std::string("0"), std::string("9223372036854775813")})
+    c.feed("10.0.0.1", 1, "6," + seq + ",1,-;x\n", T0);
+  CHECK(c.asm_.stats().missing == UINT64_MAX);
 }
 
 namespace {

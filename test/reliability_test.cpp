@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <regex>
@@ -210,4 +211,61 @@ TEST_CASE("daemon: a full disk: every lost line counted, the first thing after i
     CHECK(count_of(d.err(), "cannot write ") == 1);  // once per episode
   }
   umount(dir.c_str());
+}
+
+TEST_CASE("stop: SIGTERM reads everything queued before it leaves") {
+  Daemon d({"rbuf=67108864"});
+  REQUIRE(d.running());
+  Sender s;
+  d.signal(SIGSTOP);
+  const int n = 20000;
+  for (int i = 0; i < n; i++) s.send(d.port_, "queued " + std::to_string(i) + "\n");
+  d.signal(SIGTERM);  // pending while stopped: seen first thing on SIGCONT
+  d.signal(SIGCONT);
+  int st = d.stop(0);  // signal 0: only wait for the exit
+  CHECK(st == 0);
+  std::string log = d.log();
+  size_t written = count_of(log, " queued ");
+  size_t dropped = 0;
+  for (size_t p = log.find(" datagrams dropped by the kernel"); p != std::string::npos;
+       p = log.find(" datagrams dropped by the kernel", p + 1)) {
+    size_t b = log.rfind("udplogger: ", p) + 11;
+    dropped += std::stoul(log.substr(b, p - b));
+  }
+  MESSAGE("queued " << n << " at SIGTERM: written " << written << ", dropped by the kernel " << dropped);
+  CHECK(written + dropped == size_t(n));
+  CHECK(written > 8192);  // more than the old bound of 64 batches
+  CHECK(log.find("still queued") == std::string::npos);
+}
+
+TEST_CASE("start-up safety: with fds 0 to 2 closed, messages never land in the log") {
+  std::string dir = make_temp_dir();
+  int port = free_udp_port();
+  std::string path = udplogger_path();
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(0);
+    close(1);
+    close(2);
+    std::string d = "dir=" + dir, p = "port=" + std::to_string(port);
+    execl(path.c_str(), path.c_str(), d.c_str(), p.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  REQUIRE(wait_for([&] { return all_logs(dir).find("started (version") != std::string::npos; }));
+  char target[256] = "";
+  ssize_t len = readlink(("/proc/" + std::to_string(pid) + "/fd/2").c_str(), target, sizeof target - 1);
+  CHECK(std::string(target, size_t(len > 0 ? len : 0)) == "/dev/null");
+  kill(pid, SIGUSR1);  // its statistics go to the log and to stderr, which must not be the log
+  REQUIRE(wait_for([&] { return all_logs(dir).find("statistics:") != std::string::npos; }));
+  kill(pid, SIGTERM);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  std::string log = all_logs(dir);
+  size_t bad = 0;
+  for (size_t i = 0; i < log.size();) {
+    size_t e = log.find('\n', i);
+    bad += log.compare(i, 2, "20") != 0;  // every line starts with its stamp
+    i = e == std::string::npos ? log.size() : e + 1;
+  }
+  CHECK(bad == 0);
 }

@@ -67,6 +67,7 @@ const char kUsage[] =
     "               2026-11-22T02:04:05.123456+09:00\n"
     "  split=none|host  one daily file (default), or DIR/ADDR/ per sender address\n"
     "  files=N      split=host: log files open at once, 1..65536 (default 64)\n"
+    "  partials=N   bytes all partial lines may hold, 65536..1073741824 (default 4194304)\n"
     "  debug=0|1    trace every datagram on stderr: sender, length, what became of it\n"
     "  --help, --version\n"
     "Every key=value may also be written --key=value or --key value.\n";
@@ -96,7 +97,7 @@ const NumberOption kNumberOptions[] = {
     {"rbuf", 65536, 1UL << 30, 10}, {"uid", 0, 4294967294UL, 10},
     {"gid", 0, 4294967294UL, 10},  {"perm", 0, 0777, 8},
     {"frags", 4, 4096, 10},        {"files", 1, 65536, 10},
-    {"debug", 0, 1, 10},
+    {"debug", 0, 1, 10},           {"partials", 65536, 1UL << 30, 10},
 };
 
 void store_number(Options* o, const char* key, unsigned long v) {
@@ -111,6 +112,7 @@ void store_number(Options* o, const char* key, unsigned long v) {
   else if (!strcmp(key, "frags")) o->frags = unsigned(v);
   else if (!strcmp(key, "files")) o->files = unsigned(v);
   else if (!strcmp(key, "debug")) o->debug = unsigned(v);
+  else if (!strcmp(key, "partials")) o->partials = v;
 }
 
 ParseStatus parse_number_option(const NumberOption& n, const char* value, Options* o,
@@ -549,7 +551,6 @@ bool SenderTable::init(unsigned capacity, uint64_t seed) {
 }
 
 SenderTable::~SenderTable() {
-  for (size_t i = 0; i < used_; i++) free(slots_[i].partial);
   free(slots_);
   free(buckets_);
 }
@@ -727,13 +728,67 @@ void Assembler::write_line(Sender* s, const timespec& when, const char* a, size_
   lines_.end_with(b, blen, newline_in_b, b_clean);
 }
 
-// Writes the sender's partial line followed by rest, and forgets it.
+// Writes the sender's partial line followed by rest, and forgets it; its
+// buffer goes back (the line was copied out).
 void Assembler::write_partial(Sender* s, const char* rest, size_t rest_len,
                               bool newline_in_rest) {
   write_line(s, s->partial_time, s->partial, s->partial_len, rest, rest_len, newline_in_rest,
              false);
   s->partial_len = 0;
   pending_.unlink(table_.slots(), table_.index(s));
+  release_partial(s);
+}
+
+Assembler::~Assembler() {
+  for (size_t i = 0; i < table_.size(); i++) release_partial(&table_.slots()[i]);
+}
+
+// Buffers up to a page come from the heap; larger ones are mapped, so that
+// releasing one gives its memory back to the system at once.
+constexpr size_t kHeapPartialMax = 4096;
+
+bool Assembler::resize_partial(Sender* s, size_t cap) {
+  char* p;
+  if (cap <= kHeapPartialMax) {
+    p = static_cast<char*>(realloc(s->partial, cap));
+  } else if (s->partial_cap > kHeapPartialMax) {
+    void* m = mremap(s->partial, s->partial_cap, cap, MREMAP_MAYMOVE);
+    p = m == MAP_FAILED ? nullptr : static_cast<char*>(m);
+  } else {
+    void* m = mmap(nullptr, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    p = m == MAP_FAILED ? nullptr : static_cast<char*>(m);
+    if (p) {
+      memcpy(p, s->partial, s->partial_len);
+      free(s->partial);
+    }
+  }
+  if (!p) return false;
+  partial_bytes_ += cap - s->partial_cap;
+  s->partial = p;
+  s->partial_cap = uint32_t(cap);
+  return true;
+}
+
+void Assembler::release_partial(Sender* s) {
+  if (s->partial_cap > kHeapPartialMax) munmap(s->partial, s->partial_cap);
+  else free(s->partial);
+  partial_bytes_ -= s->partial_cap;
+  s->partial = nullptr;
+  s->partial_cap = 0;
+}
+
+// One cap on all partial lines (partials=): to grow s's buffer to cap, the
+// oldest partial lines of other senders are written out as they are.
+// False when even that leaves no room.
+bool Assembler::make_room(Sender* s, size_t cap) {
+  while (partial_bytes_ + cap - s->partial_cap > opts_.partials) {
+    int32_t i = pending_.head;
+    if (i == table_.index(s)) i = table_.slots()[i].pend_next;
+    if (i < 0) return false;
+    write_partial(&table_.slots()[i], nullptr, 0, false);
+    stats_.flushed_for_memory++;
+  }
+  return true;
 }
 
 // Keeps bytes that have no newline yet.  The buffer grows (at most to
@@ -744,14 +799,12 @@ void Assembler::keep_partial(Sender* s, const char* p, size_t len, const timespe
     size_t cap = s->partial_cap ? s->partial_cap : 256;
     while (cap < need) cap *= 2;
     if (cap > opts_.wbuf) cap = opts_.wbuf;
-    char* grown = static_cast<char*>(realloc(s->partial, cap));
-    if (!grown) {  // out of memory: write the line now rather than lose it
+    if (!make_room(s, cap) || !resize_partial(s, cap)) {  // write it now rather than lose it
+      stats_.flushed_for_memory++;
       if (s->partial_len > 0) write_partial(s, p, len, false);
       else write_line(s, when, nullptr, 0, p, len, false, false);
       return;
     }
-    s->partial = grown;
-    s->partial_cap = uint32_t(cap);
   }
   if (s->partial_len == 0) {
     s->partial_time = when;
@@ -841,14 +894,15 @@ void Assembler::format_stats(char* buf, size_t len) const {
            "statistics: datagrams=%llu bytes=%llu lines=%llu records=%llu "
            "fragments=%llu reassembled=%llu incomplete=%llu missing_by_seq=%llu "
            "lost_in_transit=%llu kernel_drops=%llu duplicates=%llu malformed=%llu "
-           "timed_out=%llu senders=%zu reused=%llu",
+           "timed_out=%llu flushed_for_memory=%llu senders=%zu reused=%llu",
            (unsigned long long)t.datagrams, (unsigned long long)t.bytes,
            (unsigned long long)t.lines, (unsigned long long)t.records,
            (unsigned long long)t.fragments, (unsigned long long)t.reassembled,
            (unsigned long long)t.incomplete, (unsigned long long)t.missing,
            (unsigned long long)t.lost_in_transit, (unsigned long long)t.kernel_drops,
            (unsigned long long)t.duplicates, (unsigned long long)t.malformed,
-           (unsigned long long)t.lines_timed_out, table_.size(),
+           (unsigned long long)t.lines_timed_out, (unsigned long long)t.flushed_for_memory,
+           table_.size(),
            (unsigned long long)t.senders_reused);
 }
 
@@ -1963,6 +2017,7 @@ struct Ring {
   sockaddr_in6 names[kBatch];
   alignas(cmsghdr) char ctrl[kBatch][64];
   char* data = nullptr;
+  bool large = false;  // a datagram larger than a page made more of it resident
 };
 
 void ring_init(Ring* r) {
@@ -2036,7 +2091,10 @@ int receive_batch(Listener* l, Ring* r, Assembler* a, Clock clock) {
     return 0;
   }
   timespec now = clock();
-  for (int i = 0; i < n; i++) a->datagram(datagram_of(*r, i, now, l));
+  for (int i = 0; i < n; i++) {
+    r->large |= r->msgs[i].msg_len > 4096;
+    a->datagram(datagram_of(*r, i, now, l));
+  }
   return n;
 }
 
@@ -2325,6 +2383,10 @@ int loop(Server* s) {
     // goes idle again, the socket's counter has the burst's last drops.
     if (was_busy && !busy) check_all_drops(s);
     was_busy = busy;
+    if (!busy && s->ring.large) {  // idle again: large datagrams' pages go back
+      madvise(s->ring.data, kBatch * kSlotBytes, MADV_DONTNEED);
+      s->ring.large = false;
+    }
     int n = wait_for_events(s, busy ? coalesce_ns : 0, events);
     s->sink->tick(s->clock().tv_sec);
     int stop = 0;

@@ -47,6 +47,7 @@ struct Options {
   Split split = Split::none;
   unsigned files = 64;         // split=host: log files open at once
   unsigned debug = 0;          // 1: trace every datagram on stderr
+  unsigned long partials = 4UL << 20;  // bytes all partial lines may hold at once
   bool to_stdout() const { return dir[0] == '-' && dir[1] == '\0'; }
 };
 
@@ -167,6 +168,7 @@ struct Stats {
   uint64_t duplicates = 0;          // fragments seen before, ignored
   uint64_t malformed = 0;           // bad extended headers, written as text
   uint64_t kernel_drops = 0;        // datagrams the kernel dropped
+  uint64_t flushed_for_memory = 0;  // partial lines written early: partials= reached
 };
 
 // Who a line is about: the name after the stamp, and the host whose file
@@ -391,7 +393,8 @@ struct Sender {
   int32_t hash_next;           // chain in the hash bucket
   int32_t lru_prev, lru_next;  // least recently heard first
   int32_t pend_prev, pend_next;  // senders holding a partial line, oldest first
-  // The partial line: bytes received without their newline yet.
+  // The partial line: bytes received without their newline yet, in a
+  // buffer held only while there is one.
   char* partial;
   uint32_t partial_len, partial_cap;
   timespec partial_time;       // arrival of its first byte
@@ -435,6 +438,7 @@ class SenderTable {
 class Assembler : private NetconsoleEvents {
  public:
   bool init(const Options& opts, Output* out, uint64_t hash_seed = 0);
+  ~Assembler();
 
   void datagram(const Datagram& d);
 
@@ -477,6 +481,9 @@ class Assembler : private NetconsoleEvents {
                   size_t blen, bool newline_in_b, bool b_clean);
   void write_partial(Sender* s, const char* rest, size_t rest_len, bool newline_in_rest);
   void keep_partial(Sender* s, const char* p, size_t len, const timespec& when);
+  bool make_room(Sender* s, size_t cap);
+  bool resize_partial(Sender* s, size_t cap);
+  void release_partial(Sender* s);
   void sender_notice(Sender* s, const timespec& when, const char* text);
   // NetconsoleEvents
   void record(Sender* s, const ExtRecord& r) override;
@@ -491,6 +498,7 @@ class Assembler : private NetconsoleEvents {
   SenderTable table_;
   Netconsole nc_;
   IndexList<Sender, &Sender::pend_prev, &Sender::pend_next> pending_;  // oldest partial first
+  size_t partial_bytes_ = 0;        // held by partial-line buffers, at most opts.partials
   TraceFn trace_ = nullptr;
 };
 

@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <memory>
 #include <regex>
 #include <string>
 #include <vector>
@@ -268,4 +269,57 @@ TEST_CASE("start-up safety: with fds 0 to 2 closed, messages never land in the l
     i = e == std::string::npos ? log.size() : e + 1;
   }
   CHECK(bad == 0);
+}
+
+TEST_CASE("memory: one cap on all partial lines; the oldest is written out whole, not dropped") {
+  ul::Options o;
+  o.partials = 65536;
+  Core c(o, 1 << 20);
+  c.feed("10.0.0.1", 1, std::string(30000, 'a'), T0);
+  c.feed("10.0.0.2", 1, std::string(30000, 'b'), T0 + 1);
+  CHECK(c.text() == "");
+  c.feed("10.0.0.3", 1, std::string(30000, 'c'), T0 + 2);  // no room: the oldest goes out
+  CHECK(c.text() == stamp_at(0) + "10.0.0.1:1 " + std::string(30000, 'a') + "\n");
+  CHECK(c.asm_.stats().flushed_for_memory == 1);
+  c.feed("10.0.0.2", 1, "b\n", T0 + 3);
+  c.asm_.expire(at(T0 + 100), true);
+  CHECK(c.text() == stamp_at(0) + "10.0.0.1:1 " + std::string(30000, 'a') + "\n" + stamp_at(1) +
+                        "10.0.0.2:1 " + std::string(30001, 'b') + "\n" + stamp_at(2) +
+                        "10.0.0.3:1 " + std::string(30000, 'c') + "\n");
+}
+
+namespace {
+
+long status_kib(pid_t pid, const char* key) {
+  std::string s = read_file("/proc/" + std::to_string(pid) + "/status");
+  size_t p = s.find(std::string(key) + ":");
+  return p == std::string::npos ? -1 : std::stol(s.substr(p + strlen(key) + 1));
+}
+
+}  // namespace
+
+TEST_CASE("memory: 500 senders with 65,000-byte partial lines stay under the cap, and it goes back") {
+  Daemon d;  // partials= default: 4 MiB
+  REQUIRE(d.running());
+  long idle = status_kib(d.pid_, "VmRSS");
+  std::vector<std::unique_ptr<Sender>> senders;
+  std::string big(65000, 'p');
+  for (int i = 0; i < 500; i++) {
+    senders.emplace_back(new Sender());
+    senders.back()->send(d.port_, big);
+    if (i % 50 == 49) usleep(20000);
+  }
+  d.signal(SIGUSR1);
+  REQUIRE(d.wait_log("udplogger: statistics: datagrams=500 "));
+  long peak = status_kib(d.pid_, "VmHWM");
+  for (auto& s : senders) s->send(d.port_, "\n");  // every line completes
+  REQUIRE(wait_for([&] { return count_of(d.log(), big + "\n") == 500; }));
+  long after = 0;  // the loop gives the ring's pages back once it is idle
+  wait_for([&] { return (after = status_kib(d.pid_, "VmRSS")) < idle + 1024; }, 2);
+  MESSAGE("VmRSS idle " << idle << " kB, VmHWM with 500 x 65,000-byte partial lines " << peak
+                        << " kB, VmRSS after they were written " << after << " kB");
+  CHECK(peak < idle + 4096 + 4096 + 1024);  // the cap, the receive ring (4 MiB), slack
+  CHECK(after < idle + 1024);
+  std::string log = d.log();
+  CHECK(log.find(" flushed_for_memory=0 ") == std::string::npos);  // the cap was reached
 }

@@ -678,6 +678,9 @@ void Assembler::trace(const Datagram& d, const Sender* s, const ExtHeader* h,
   } else if (stats_.malformed > before.malformed) {
     snprintf(what, sizeof what, "extended seq %llu: malformed, written as text (%llu lines)",
              (unsigned long long)h->seq, lines);
+  } else if (stats_.late_fragments > before.late_fragments) {
+    snprintf(what, sizeof what, "extended fragment seq %llu ncfrag=%u/%u: late, written as its "
+             "own piece", (unsigned long long)h->seq, h->frag_off, h->frag_total);
   } else if (stats_.duplicates > before.duplicates) {
     snprintf(what, sizeof what, "extended fragment seq %llu ncfrag=%u/%u: dropped, its record "
              "was written already", (unsigned long long)h->seq, h->frag_off, h->frag_total);
@@ -893,14 +896,15 @@ void Assembler::format_stats(char* buf, size_t len) const {
   snprintf(buf, len,
            "statistics: datagrams=%llu bytes=%llu lines=%llu records=%llu "
            "fragments=%llu reassembled=%llu incomplete=%llu missing_by_seq=%llu "
-           "lost_in_transit=%llu kernel_drops=%llu duplicates=%llu malformed=%llu "
+           "lost_in_transit=%llu kernel_drops=%llu duplicates=%llu late_fragments=%llu malformed=%llu "
            "timed_out=%llu flushed_for_memory=%llu senders=%zu reused=%llu",
            (unsigned long long)t.datagrams, (unsigned long long)t.bytes,
            (unsigned long long)t.lines, (unsigned long long)t.records,
            (unsigned long long)t.fragments, (unsigned long long)t.reassembled,
            (unsigned long long)t.incomplete, (unsigned long long)t.missing,
            (unsigned long long)t.lost_in_transit, (unsigned long long)t.kernel_drops,
-           (unsigned long long)t.duplicates, (unsigned long long)t.malformed,
+           (unsigned long long)t.duplicates, (unsigned long long)t.late_fragments,
+           (unsigned long long)t.malformed,
            (unsigned long long)t.lines_timed_out, (unsigned long long)t.flushed_for_memory,
            table_.size(),
            (unsigned long long)t.senders_reused);
@@ -1035,6 +1039,8 @@ void Netconsole::forget(Sender* s) {
   n.seq_known = n.msgid_known = n.seq_resumable = false;
   n.release_len = 0;
   for (int32_t& r : n.inflight) r = -1;
+  for (uint64_t& c : n.cut_seq) c = 0;
+  n.cut_next = 0;
 }
 
 void Netconsole::notice(Sender* s, const timespec& when, const char* fmt, ...) {
@@ -1187,6 +1193,17 @@ void Netconsole::fragment(Sender* s, const ExtHeader& h, const char* data, size_
     }
   }
   Reassembly* r = reassembly_for(s, h, when);
+  if (!r && written_incomplete(s, h.seq)) {  // late: it fills a gap, so it is written
+    notice(s, when, "late fragment of seq %llu (ncfrag=%u/%u) written as its own piece: its "
+           "record was written incomplete", (unsigned long long)h.seq, h.frag_off, h.frag_total);
+    char data[kRecordMax];
+    uint8_t got[kRecordMax / 8] = {};
+    memcpy(data + h.frag_off, payload, n);
+    mark_received(got, h.frag_off, h.frag_off + uint32_t(n));
+    stats_->late_fragments++;
+    out_->record(s, ExtRecord{h.pri, h.usec, when, data, h.frag_total, got});
+    return;
+  }
   if (!r) {  // its record was written already
     stats_->duplicates++;
     notice(s, when, "late or duplicate fragment of seq %llu (ncfrag=%u/%u) ignored: "
@@ -1221,6 +1238,7 @@ Reassembly* Netconsole::reassembly_for(Sender* s, const ExtHeader& h, const time
     free_slot = oldest;
     finish(&pool_[inflight[oldest]], when, "with newer records of its sender in reassembly");
   }
+  limit_host(s, when);
   int32_t idx;
   if (free_head_ >= 0) {
     idx = free_head_;
@@ -1246,6 +1264,29 @@ Reassembly* Netconsole::reassembly_for(Sender* s, const ExtHeader& h, const time
   return r;
 }
 
+// One sender address holds at most kInflightPerSender records in
+// reassembly, across all its ports: beyond that it gives up its own oldest,
+// so one host (however many ports it sends from) cannot push out the
+// records of others.
+void Netconsole::limit_host(Sender* s, const timespec& when) {
+  int held = 0;
+  int32_t oldest = -1;
+  for (int32_t i = ages_.head; i >= 0; i = pool_[i].age_next) {
+    if (memcmp(&pool_[i].sender->addr, &s->addr, sizeof s->addr)) continue;
+    if (oldest < 0) oldest = i;
+    held++;
+  }
+  if (held >= kInflightPerSender)
+    finish(&pool_[oldest], when, "with newer records of its sender address in reassembly");
+}
+
+// True for a SEQ this sender's record was recently written incomplete with.
+bool Netconsole::written_incomplete(const Sender* s, uint64_t seq) const {
+  for (uint64_t c : s->nc.cut_seq)
+    if (c == seq + 1) return true;
+  return false;
+}
+
 // Unlinks a reassembly from the age list and its sender; puts it on the
 // free list.
 void Netconsole::release(Reassembly* r) {
@@ -1265,6 +1306,7 @@ void Netconsole::finish(Reassembly* r, const timespec& now, const char* why) {
   bool whole = r->have == r->total;
   if (!whole) {
     stats_->incomplete++;
+    s->nc.cut_seq[s->nc.cut_next++ % kInflightPerSender] = r->seq + 1;
     notice(s, now, "record seq %llu incomplete %s: %u of %u bytes missing",
            (unsigned long long)r->seq, why, r->total - r->have, r->total);
   } else {

@@ -166,6 +166,7 @@ struct Stats {
   uint64_t missing = 0;             // records missing by SEQ
   uint64_t lost_in_transit = 0;     // records missing by msgid
   uint64_t duplicates = 0;          // fragments seen before, ignored
+  uint64_t late_fragments = 0;      // fragments of records written incomplete, written alone
   uint64_t malformed = 0;           // bad extended headers, written as text
   uint64_t kernel_drops = 0;        // datagrams the kernel dropped
   uint64_t flushed_for_memory = 0;  // partial lines written early: partials= reached
@@ -269,6 +270,8 @@ struct NetconsoleState {
   uint8_t release_len;
   char release[64];
   int32_t inflight[kInflightPerSender];  // its records in reassembly, -1: none
+  uint64_t cut_seq[kInflightPerSender];  // SEQ + 1 of records written incomplete, 0: none
+  uint8_t cut_next;
 };
 
 struct Sender;
@@ -335,6 +338,8 @@ class Netconsole {
   void fragment(Sender* s, const ExtHeader& h, const char* data, size_t len,
                 const timespec& when);
   Reassembly* reassembly_for(Sender* s, const ExtHeader& h, const timespec& when);
+  void limit_host(Sender* s, const timespec& when);
+  bool written_incomplete(const Sender* s, uint64_t seq) const;
   void finish(Reassembly* r, const timespec& now, const char* why);
   void release(Reassembly* r);
   void notice(Sender* s, const timespec& when, const char* fmt, ...)

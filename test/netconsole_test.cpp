@@ -554,3 +554,39 @@ TEST_CASE("ext: a sender pushed out of a full table writes its records in reasse
   CHECK(count_of(log, "10.9.9.9:6665 <14>[    5.000000] first half[... 10 bytes missing ...]\n") == 1);
   CHECK(c.asm_.stats().senders_reused == 1);
 }
+
+TEST_CASE("ext: one host on many ports cannot push another sender's record out of reassembly") {
+  ul::Options o;  // frags=64
+  Core c(o);
+  c.feed("10.1.1.1", 6665, frag(500, 0, 10, "victim"), at(T0));
+  for (int port = 1; port <= 64; port++)  // the issue's attack: 64 one-byte fragments
+    c.feed("10.6.6.6", uint16_t(port), frag(uint64_t(port), 0, 100, "x"), at(T0, port));
+  c.feed("10.1.1.1", 6665, frag(500, 6, 10, "-ok\n"), at(T0 + 1));
+  std::string log = c.text();
+  CHECK(count_of(log, "10.1.1.1:6665 <14>[    5.000000] victim-ok\n") == 1);
+  CHECK(log.find("10.1.1.1:6665: record seq 500 incomplete") == std::string::npos);
+  CHECK(count_of(log, "incomplete with newer records of its sender address in reassembly") == 60);
+}
+
+TEST_CASE("ext: a late fragment of a record written incomplete is written as its own piece") {
+  ul::Options o;
+  o.timeout = 5;
+  Core c(o);
+  auto f = fragments_of(42, std::string(1000, 'x') + std::string(1000, 'y') + "tail\n", 1000);
+  c.feed("10.0.0.1", 1, f[0], T0);
+  c.feed("10.0.0.1", 1, f[2], T0);
+  c.asm_.expire(at(T0 + 5));
+  c.feed("10.0.0.1", 1, f[1], T0 + 6);  // late, but not lost
+  c.feed("10.0.0.1", 1, f[1], T0 + 7);  // and again: written again, said again
+  std::string p = "2026-11-22 03:00:06 10.0.0.1:1 <14>[    5.000000] ";
+  std::string log = c.text();
+  CHECK(count_of(log, "udplogger: 10.0.0.1:1: late fragment of seq 42 (ncfrag=1000/2005) written "
+                      "as its own piece: its record was written incomplete\n") == 2);
+  CHECK(count_of(log, p + "[... 1000 bytes missing ...]" + std::string(1000, 'y') +
+                          "[... 5 bytes missing ...]\n") == 1);
+  // A fragment of a record written whole is a duplicate: ignored, as before.
+  c.feed("10.0.0.2", 1, frag(7, 0, 4, "ab"), T0);
+  c.feed("10.0.0.2", 1, frag(7, 2, 4, "c\n"), T0);
+  c.feed("10.0.0.2", 1, frag(7, 2, 4, "c\n"), T0);
+  CHECK(c.text().find("late or duplicate fragment of seq 7 (ncfrag=2/4) ignored") != std::string::npos);
+}

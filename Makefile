@@ -24,7 +24,7 @@ TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 
 TEST_SOURCES = test/main.cpp test/core_test.cpp test/daemon_test.cpp test/netconsole_test.cpp test/output_test.cpp test/systemd_test.cpp test/package_test.cpp test/reliability_test.cpp test/helpers.cpp test/netconsole.cpp
 
-.PHONY: all check check-asan bench clean install uninstall dist static rpm
+.PHONY: all check check-asan bench clean install uninstall dist static rpm fuzz lint
 
 all: udplogger
 
@@ -55,7 +55,7 @@ test/run-tests: $(TEST_SOURCES) test/helpers.h test/netconsole.h test/core_harne
 # Runs every test; the last line is "N passed, N failed, N skipped".  A test
 # that cannot run here (not root, no IPv6) is skipped and says why.
 check: udplogger udplogger-static test/run-tests
-	@cd test && ./run-tests --no-intro=true 2>&1 | tee run-tests.log; \
+	@cd test && FUZZTIME=$(FUZZTIME) ./run-tests --no-intro=true 2>&1 | tee run-tests.log; \
 	 awk -F'|' '/test cases:/ { gsub(/[^0-9]/, "", $$2); gsub(/[^0-9]/, "", $$3); gsub(/[^0-9]/, "", $$4); \
 	   p = $$2; f = $$3; s = $$4 } \
 	   END { if (p == "") { p = 0; f = 1; s = 0 } print p " passed, " f " failed, " s " skipped"; exit (f != 0) }' run-tests.log
@@ -67,6 +67,35 @@ check-asan: $(TEST_SOURCES) test/helpers.h test/netconsole.h test/core_harness.h
 	$(CXX) -std=c++17 -fno-exceptions -fno-rtti $(WARNINGS) $(SANITIZE) -o test/udplogger-asan udplogger.cpp
 	$(CXX) $(TEST_FLAGS) $(SANITIZE) -DUDPLOGGER_NO_MAIN -o test/run-tests-asan $(TEST_SOURCES) udplogger.cpp
 	cd test && UDPLOGGER=./udplogger-asan ./run-tests-asan --no-intro=true -tce='binary*,daemon: memory*'
+
+# libFuzzer over the core (clang, Debian: clang and libclang-rt-14-dev):
+# each target runs FUZZTIME seconds from the netconsole captures and the
+# saved regressions; FUZZTIME=0 runs each of those inputs once.  A finding
+# stops with its input in test/fuzz/work/; save it to test/fuzz/regressions/.
+FUZZ_CXX ?= clang++
+FUZZTIME ?= 0
+FUZZ_FLAGS = -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+	-I. -DUDPLOGGER_NO_MAIN
+
+test/fuzz/fuzz-core test/fuzz/fuzz-raw: test/fuzz/fuzz-%: test/fuzz/fuzz_%.cpp test/fuzz/harness.cpp test/fuzz/harness.h udplogger.cpp udplogger.h
+	$(FUZZ_CXX) $(FUZZ_FLAGS) -o $@ $< test/fuzz/harness.cpp udplogger.cpp
+
+test/fuzz/seed: test/fuzz/seed.cpp
+	$(CXX) -std=c++17 -O2 -o $@ $<
+
+fuzz: test/fuzz/fuzz-core test/fuzz/fuzz-raw test/fuzz/seed
+	rm -rf test/fuzz/work && mkdir -p test/fuzz/work/seeds test/fuzz/work/core test/fuzz/work/raw
+	test/fuzz/seed test/fuzz/work/seeds test/netconsole/*.dump
+	for t in core raw; do \
+	  if [ $(FUZZTIME) -gt 0 ]; then runs="-max_total_time=$(FUZZTIME)"; else runs="-runs=0"; fi; \
+	  test/fuzz/fuzz-$$t $$runs -max_len=80000 -timeout=10 -artifact_prefix=test/fuzz/work/$$t- \
+	    test/fuzz/work/$$t test/fuzz/work/seeds test/fuzz/regressions || exit 1; \
+	done
+
+# Static analysis of the daemon: cppcheck, and clang-tidy as .clang-tidy says.
+lint:
+	cppcheck --enable=warning,performance,portability --std=c++17 --error-exitcode=1 -q udplogger.cpp
+	clang-tidy --quiet udplogger.cpp -- -std=c++17 -fno-exceptions
 
 # The benchmark against a null receiver and the peers; see README.md.
 bench: udplogger test/bench/loadgen test/bench/nullrecv
@@ -107,5 +136,5 @@ rpm: dist
 	  contrib/udplogger.spec
 
 clean:
-	rm -rf rpmbuild
+	rm -rf rpmbuild test/fuzz/work test/fuzz/fuzz-core test/fuzz/fuzz-raw test/fuzz/seed
 	rm -f udplogger udplogger-static udplogger-*.tar.gz test/run-tests test/run-tests-asan test/udplogger-asan test/*.o test/run-tests.log test/bench/loadgen test/bench/nullrecv

@@ -166,9 +166,9 @@ ParseStatus parse_one(const char* key, size_t keylen, const char* value,
   for (const NumberOption& n : kNumberOptions)
     if (!strcmp(k, n.key)) return parse_number_option(n, value, o, err, errlen);
   for (const WordOption& w : kWordOptions) {
-    if (strcmp(k, w.key)) continue;
+    if (strcmp(k, w.key) != 0) continue;
     bool second = !strcmp(value, w.second);
-    if (!second && strcmp(value, w.first)) {
+    if (!second && strcmp(value, w.first) != 0) {
       snprintf(err, errlen, "%s=%s: unknown (allowed: %s, %s)", k, value, w.first, w.second);
       return ParseStatus::value_error;
     }
@@ -528,8 +528,9 @@ size_t LineWriter::format_notice(const timespec& when, const char* text, char* o
   size_t stlen = format_stamp(style_, when, st);
   size_t textlen = strlen(text);
   if (len < stlen + 12 + 4 * textlen + 1) textlen = (len - stlen - 13) / 4;
+  static const char kName[11] = {'u', 'd', 'p', 'l', 'o', 'g', 'g', 'e', 'r', ':', ' '};
   memcpy(out, st, stlen);
-  memcpy(out + stlen, "udplogger: ", 11);
+  memcpy(out + stlen, kName, sizeof kName);
   size_t n = stlen + 11 + escape_text(text, textlen, out + stlen + 11);
   out[n++] = '\n';
   return n;
@@ -1089,7 +1090,7 @@ bool Netconsole::seen_before(Sender* s, uint64_t seq, const timespec& when) {
       add_saturating(&stats_->missing, gap);
       notice(s, when, "%llu record%s not received: seq %llu..%llu; %s",
              (unsigned long long)gap, gap == 1 ? "" : "s",
-             (unsigned long long)(n.last_seq + 1), (unsigned long long)(seq - 1),
+             (unsigned long long)n.last_seq + 1, (unsigned long long)seq - 1,
              n.msgid_known ? "filtered by the sender's console loglevel"
                            : "lost on the way or filtered by the sender's console loglevel");
     }
@@ -1151,7 +1152,7 @@ void Netconsole::check_msgid(Sender* s, const char* text, size_t len, const time
     uint64_t lost = id - n.last_msgid - 1;
     add_saturating(&stats_->lost_in_transit, lost);
     notice(s, when, "%llu record%s lost in transit: msgid %llu..%llu", (unsigned long long)lost,
-           lost == 1 ? "" : "s", (unsigned long long)(n.last_msgid + 1),
+           lost == 1 ? "" : "s", (unsigned long long)n.last_msgid + 1,
            (unsigned long long)(id - 1));
   }
   if (!n.msgid_known || id > n.last_msgid) n.last_msgid = id;
@@ -1272,7 +1273,7 @@ void Netconsole::limit_host(Sender* s, const timespec& when) {
   int held = 0;
   int32_t oldest = -1;
   for (int32_t i = ages_.head; i >= 0; i = pool_[i].age_next) {
-    if (memcmp(&pool_[i].sender->addr, &s->addr, sizeof s->addr)) continue;
+    if (memcmp(&pool_[i].sender->addr, &s->addr, sizeof s->addr) != 0) continue;
     if (oldest < 0) oldest = i;
     held++;
   }
@@ -1417,7 +1418,7 @@ void RecordWriter::text(const char* p, size_t len) {
       }
       esc_[esc_len_++] = *p++;
       if (esc_len_ == 4) {
-        char c = char(hex_value(esc_[2]) << 4 | hex_value(esc_[3]));
+        char c = char(unsigned(hex_value(esc_[2])) << 4 | unsigned(hex_value(esc_[3])));
         esc_len_ = 0;
         if (c == '\n') newline();
         else put(&c, 1);
@@ -1516,7 +1517,7 @@ int open_log_file(int dirfd, const char* name, unsigned perm, bool* cut, char* w
   } else if (created && fchmod(fd, perm) < 0) {
     snprintf(why, whylen, "cannot set mode %04o: %s", perm, strerror(errno));
   } else if (fcntl(fd, F_SETFL, O_RDWR | O_APPEND) < 0) {  // writes may block again
-    snprintf(why, whylen, "%s", strerror(errno));
+    snprintf(why, whylen, "cannot clear O_NONBLOCK: %s", strerror(errno));
   } else {
     char last = '\n';
     *cut = st.st_size > 0 && pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n';
@@ -1763,7 +1764,7 @@ HostFiles::HostFile* HostFiles::file_for(const in6_addr& host) {
   }
   if (dirfd >= 0) close(dirfd);
   if (fd < 0) {  // said once, not for every batch of the same host
-    if (!has_failed_ || memcmp(&failed_host_, &host, sizeof host))
+    if (!has_failed_ || memcmp(&failed_host_, &host, sizeof host) != 0)
       warn("cannot open log file %s/%s/%s: %s; its lines go to %s/%s", dir_->path, addr, name,
            why, dir_->path, daemon_.name());
     failed_host_ = host;
@@ -1822,7 +1823,7 @@ namespace {
 constexpr int kBatch = 64;             // datagrams per recvmmsg
 constexpr size_t kSlotBytes = 65536;   // room for the largest UDP datagram
 constexpr int kBatchesPerWake = 64;    // then look at timers and signals
-constexpr size_t kArenaBytes = 256 * 1024;
+constexpr size_t kArenaBytes = size_t(256) * 1024;
 constexpr long kCoalesceMaxNs = 5000000;  // a batch gathers for up to 5 ms, under load
 constexpr int kStopDrainSeconds = 3;      // at stop, the queue is read for at most this
 // SO_MEMINFO's array (linux/sock_diag.h, a stable ABI; not in musl's headers).

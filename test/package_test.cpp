@@ -162,3 +162,32 @@ TEST_CASE("static: runs in an empty chroot with an empty environment" *
   REQUIRE(stat(root.c_str(), &sb) == 0);
   CHECK(run_command("ls -A " + root).output == "logs\nudplogger\n");  // nothing else needed
 }
+
+TEST_CASE("fuzz: libFuzzer targets over the core find nothing (FUZZTIME seconds each)" *
+          skip_unless(have_program("clang++") &&
+                          run_command("echo 'extern \"C\" int LLVMFuzzerTestOneInput(const char*, long) "
+                                      "{ return 0; }' | clang++ -x c++ -fsanitize=fuzzer -o /dev/null -")
+                                  .status == 0,
+                      "fuzz", "clang++ with libFuzzer missing (Debian packages clang, libclang-rt-14-dev)")) {
+  const char* t = getenv("FUZZTIME");
+  std::string fuzztime = t && *t ? t : "0";
+  Command c = run_command(make("fuzz FUZZTIME=" + fuzztime));
+  std::string tail = c.output.substr(c.output.size() > 3000 ? c.output.size() - 3000 : 0);
+  CHECK_MESSAGE(c.status == 0, tail);
+  size_t runs = 0;
+  for (size_t p = c.output.find("\nDone "); p != std::string::npos; p = c.output.find("\nDone ", p + 1)) {
+    MESSAGE(c.output.substr(p + 1, c.output.find('\n', p + 1) - p - 1));
+    runs++;
+  }
+  CHECK(runs == 2);
+  CHECK(c.output.find("fuzz invariant broken") == std::string::npos);
+}
+
+TEST_CASE("lint: cppcheck and clang-tidy (bugprone, cert, performance) are clean" *
+          skip_unless(have_program("cppcheck") && have_program("clang-tidy"), "lint",
+                      "cppcheck or clang-tidy missing (Debian packages cppcheck, clang-tidy)")) {
+  Command c = run_command(make("lint"));
+  CHECK_MESSAGE(c.status == 0, c.output);
+  CHECK(c.output.find("warning:") == std::string::npos);
+  CHECK(c.output.find("error:") == std::string::npos);
+}

@@ -44,6 +44,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 namespace ul {
 
 // ================================================================= options
@@ -761,7 +763,7 @@ bool Assembler::resize_partial(Sender* s, size_t cap) {
   } else {
     void* m = mmap(nullptr, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     p = m == MAP_FAILED ? nullptr : static_cast<char*>(m);
-    if (p) {
+    if (p && s->partial) {
       memcpy(p, s->partial, s->partial_len);
       free(s->partial);
     }
@@ -1477,11 +1479,25 @@ void warn(const char* fmt, ...) {
 
 bool open_log_dir(const char* dir, unsigned perm, LogDir* d, char* why, size_t whylen) {
   d->perm = perm;
+  snprintf(d->given, sizeof d->given, "%s", dir);
   if (!realpath(dir, d->path) ||
       (d->fd = open(d->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
     snprintf(why, whylen, "cannot use log directory %s: %s", dir, strerror(errno));
     return false;
   }
+  return true;
+}
+
+bool reopen_log_dir(LogDir* d, char* why, size_t whylen) {
+  int fd = open(d->given, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) {
+    snprintf(why, whylen, "%s", strerror(errno));
+    return false;
+  }
+  close(d->fd);
+  d->fd = fd;
+  char path[sizeof d->path];
+  if (realpath(d->given, path)) memcpy(d->path, path, sizeof path);
   return true;
 }
 
@@ -1651,7 +1667,7 @@ bool LogFile::mend(const char* dir, const char* name, const NoticeMaker& nm) {
   return true;
 }
 
-bool DailyFile::open(const LogDir* dir, time_t now, char* why, size_t whylen) {
+bool DailyFile::open(LogDir* dir, time_t now, char* why, size_t whylen) {
   dir_ = dir;
   char reason[256];
   if (switch_to(now, reason, sizeof reason)) return true;
@@ -1661,7 +1677,10 @@ bool DailyFile::open(const LogDir* dir, time_t now, char* why, size_t whylen) {
   return false;
 }
 
-DailyFile::~DailyFile() { file_.close_file(); }
+DailyFile::~DailyFile() {
+  file_.close_file();
+  free(kept_);
+}
 
 // Points the log at the file for the local date of `now`; on failure keeps
 // the current file (if any) and returns false with *why set.
@@ -1683,14 +1702,21 @@ void DailyFile::write(const in6_addr*, const iovec* iov, int iovcnt) {
 }
 
 void DailyFile::write_with(const iovec* iov, int iovcnt, const NoticeMaker& nm, WriteLoss* loss) {
-  file_.write(iov, iovcnt, dir_->path, name_, nm, loss);
+  if (away_) keep(iov, iovcnt, loss);
+  else file_.write(iov, iovcnt, dir_->path, name_, nm, loss);
 }
 
-// At local midnight: the new day's file, or (if it cannot be opened) the
-// current one and a message saying why, as udplogger 1.1 did.
+// At local midnight: DIR looked up again, and the new day's file; if that
+// file cannot be opened, the current one and a message saying why, as
+// udplogger 1.1 did.  While DIR is gone: another try.
 void DailyFile::tick(time_t now) {
+  if (away_) {
+    if (now >= retry_at_) come_back(now);
+    return;
+  }
   if (now < next_switch_) return;
   char why[256];
+  if (!reopen_log_dir(dir_, why, sizeof why)) return go_away(now, why);
   if (switch_to(now, why, sizeof why)) return;
   char name[16];
   log_file_name(now, name);
@@ -1699,12 +1725,80 @@ void DailyFile::tick(time_t now) {
 }
 
 void DailyFile::reopen(time_t now) {
+  if (away_) return come_back(now);
   char why[256];
+  if (!reopen_log_dir(dir_, why, sizeof why)) return go_away(now, why);
   if (!switch_to(now, why, sizeof why))
     warn("SIGHUP: cannot reopen log file: %s; still writing %s/%s", why, dir_->path, name_);
 }
 
-bool HostFiles::open(const LogDir* dir, unsigned files, time_t now, char* why, size_t whylen) {
+// DIR is gone or unusable: the old file (moved or removed with it) gets no
+// more lines; they wait in memory.
+void DailyFile::go_away(time_t now, const char* why) {
+  warn("cannot use log directory %s: %s; keeping up to %zu KiB of lines in memory and trying "
+       "again every %d s", dir_->given, why, kKeptMax >> 10, kRetrySeconds);
+  file_.close_file();
+  away_ = true;
+  away_since_ = now;
+  retry_at_ = now + kRetrySeconds;
+  snprintf(away_why_, sizeof away_why_, "%s", why);
+}
+
+// Keeps a batch while DIR is gone, whole or (no room) not at all, counted.
+void DailyFile::keep(const iovec* iov, int iovcnt, WriteLoss* loss) {
+  static const char kCut[] = "[... line cut here ...]\n";
+  size_t bytes = 0, lines = 0;
+  for (int i = 0; i < iovcnt; i++) {
+    bytes += iov[i].iov_len;
+    lines += size_t(std::count(static_cast<const char*>(iov[i].iov_base),
+                               static_cast<const char*>(iov[i].iov_base) + iov[i].iov_len, '\n'));
+  }
+  if (!kept_) kept_ = static_cast<char*>(malloc(kKeptMax));
+  if (kept_ && kept_len_ + bytes + sizeof kCut <= kKeptMax) {
+    for (int i = 0; i < iovcnt; i++) {
+      memcpy(kept_ + kept_len_, iov[i].iov_base, iov[i].iov_len);
+      kept_len_ += iov[i].iov_len;
+    }
+    return;
+  }
+  if (kept_ && kept_len_ > 0 && kept_[kept_len_ - 1] != '\n') {  // its rest is lost
+    memcpy(kept_ + kept_len_, kCut, sizeof kCut - 1);
+    kept_len_ += sizeof kCut - 1;
+  }
+  lost_lines_ += lines;
+  lost_bytes_ += bytes;
+  loss->lines[WriteLoss::no_directory] += lines;
+  loss->bytes[WriteLoss::no_directory] += bytes;
+}
+
+// DIR is back: today's file gets a notice of the gap, then the kept lines.
+void DailyFile::come_back(time_t now) {
+  char why[256];
+  if (!reopen_log_dir(dir_, why, sizeof why) || !switch_to(now, why, sizeof why)) {
+    retry_at_ = now + kRetrySeconds;
+    return;
+  }
+  char since[kStampMax + 1], text[512], notice[2600];
+  format_stamp(StampStyle::classic, timespec{away_since_, 0}, since);
+  since[19] = '\0';
+  snprintf(text, sizeof text, "log directory %.200s could not be used since %s (%s): %zu bytes of "
+           "lines kept in memory follow; %llu lines (%llu bytes) beyond them were lost",
+           dir_->given, since, away_why_, kept_len_, (unsigned long long)lost_lines_,
+           (unsigned long long)lost_bytes_);
+  size_t n = notices_.format ? notices_.format(notices_.ctx, notices_.clock(), text, notice,
+                                               sizeof notice) : 0;
+  iovec iov[2] = {{notice, n}, {kept_, kept_len_}};
+  warn("log directory %s is back: %zu bytes kept in memory written, %llu lines lost",
+       dir_->given, kept_len_, (unsigned long long)lost_lines_);
+  away_ = false;
+  file_.write(iov, kept_len_ ? 2 : 1, dir_->path, name_, notices_, &losses_);
+  free(kept_);
+  kept_ = nullptr;
+  kept_len_ = 0;
+  lost_lines_ = lost_bytes_ = 0;
+}
+
+bool HostFiles::open(LogDir* dir, unsigned files, time_t now, char* why, size_t whylen) {
   dir_ = dir;
   today_ = now;
   capacity_ = files;
@@ -2300,9 +2394,11 @@ void report_stats(Server* s, const char* why) {
   for (int c = 0; c < WriteLoss::kCauses; c++) lines += w.lines[c], bytes += w.bytes[c];
   size_t n = strlen(line);
   snprintf(line + n, sizeof line - n, " unwritten_lines=%llu unwritten_bytes=%llu (disk_full=%llu "
-           "quota=%llu io=%llu other=%llu)", (unsigned long long)lines, (unsigned long long)bytes,
-           (unsigned long long)w.lines[WriteLoss::disk_full], (unsigned long long)w.lines[WriteLoss::quota],
-           (unsigned long long)w.lines[WriteLoss::io], (unsigned long long)w.lines[WriteLoss::other]);
+           "quota=%llu io=%llu no_directory=%llu other=%llu)", (unsigned long long)lines,
+           (unsigned long long)bytes, (unsigned long long)w.lines[WriteLoss::disk_full],
+           (unsigned long long)w.lines[WriteLoss::quota], (unsigned long long)w.lines[WriteLoss::io],
+           (unsigned long long)w.lines[WriteLoss::no_directory],
+           (unsigned long long)w.lines[WriteLoss::other]);
   s->assembler.notice(s->clock(), "%s%s", why, line);
   s->out.flush();
   warn("%s%s", why, line);

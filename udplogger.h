@@ -516,7 +516,7 @@ using Clock = timespec (*)();
 
 // What could not be written, by cause.
 struct WriteLoss {
-  enum Cause { disk_full, quota, io, other, kCauses };
+  enum Cause { disk_full, quota, io, no_directory, other, kCauses };
   uint64_t lines[kCauses] = {}, bytes[kCauses] = {};
 };
 
@@ -587,12 +587,17 @@ class Sink {
 // following symbolic links, and only if they are safe to append to.
 struct LogDir {
   int fd = -1;
-  char path[4096];
+  char given[4096];   // dir= as given: looked up again on SIGHUP and at midnight
+  char path[4096];    // where it was found, for messages
   unsigned perm = 0600;
 };
 
 // Opens dir for writing log files into; false with *why set.
 bool open_log_dir(const char* dir, unsigned perm, LogDir* d, char* why, size_t whylen);
+
+// Looks dir= up again (it may have been moved, removed or recreated); on
+// failure keeps the old handle and returns false with *why set.
+bool reopen_log_dir(LogDir* d, char* why, size_t whylen);
 
 // Opens name inside dirfd for appending: no symbolic link followed, no
 // blocking on a FIFO, only a non-executable regular file with one link,
@@ -601,26 +606,41 @@ bool open_log_dir(const char* dir, unsigned perm, LogDir* d, char* why, size_t w
 int open_log_file(int dirfd, const char* name, unsigned perm, bool* cut, char* why,
                   size_t whylen);
 
-// DIR/YYYY-MM-DD.log, switched at local midnight.
+// DIR/YYYY-MM-DD.log, switched at local midnight.  When DIR is gone (found
+// on SIGHUP or at midnight) lines are kept in memory, up to kKeptMax bytes
+// (the rest counted as lost), DIR is tried again every kRetrySeconds, and
+// once it is back a notice says what happened, then the kept lines follow.
 class DailyFile : public Sink {
  public:
+  static constexpr size_t kKeptMax = 1 << 20;
+  static constexpr int kRetrySeconds = 2;
   // Opens today's file; false with *why set ("cannot open log file ...").
-  bool open(const LogDir* dir, time_t now, char* why, size_t whylen);
+  bool open(LogDir* dir, time_t now, char* why, size_t whylen);
   ~DailyFile();
   void write(const in6_addr* host, const iovec* iov, int iovcnt) override;
   // The same, with another sink's notices and loss counts.
   void write_with(const iovec* iov, int iovcnt, const NoticeMaker& nm, WriteLoss* loss);
   void tick(time_t now) override;
   void reopen(time_t now) override;
-  time_t next_switch() const override { return next_switch_; }
+  time_t next_switch() const override { return away_ ? retry_at_ : next_switch_; }
   const char* name() const { return name_; }
 
  private:
   bool switch_to(time_t now, char* why, size_t whylen);
-  const LogDir* dir_ = nullptr;
+  void go_away(time_t now, const char* why);
+  void keep(const iovec* iov, int iovcnt, WriteLoss* loss);
+  void come_back(time_t now);
+  LogDir* dir_ = nullptr;
   LogFile file_;
   char name_[16] = "";
   time_t next_switch_ = 0;
+  // While DIR is gone: since when, why, the lines kept and those lost.
+  bool away_ = false;
+  time_t away_since_ = 0, retry_at_ = 0;
+  char away_why_[128] = "";
+  char* kept_ = nullptr;
+  size_t kept_len_ = 0;
+  uint64_t lost_lines_ = 0, lost_bytes_ = 0;
 };
 
 // split=host: DIR/ADDR/YYYY-MM-DD.log per sender address, the daemon's own
@@ -628,7 +648,7 @@ class DailyFile : public Sink {
 // the least recently written closed first.
 class HostFiles : public Sink {
  public:
-  bool open(const LogDir* dir, unsigned files, time_t now, char* why, size_t whylen);
+  bool open(LogDir* dir, unsigned files, time_t now, char* why, size_t whylen);
   ~HostFiles();
   void write(const in6_addr* host, const iovec* iov, int iovcnt) override;
   void tick(time_t now) override;

@@ -323,3 +323,38 @@ TEST_CASE("memory: 500 senders with 65,000-byte partial lines stay under the cap
   std::string log = d.log();
   CHECK(log.find(" flushed_for_memory=0 ") == std::string::npos);  // the cap was reached
 }
+
+TEST_CASE("directories: dir= removed, then SIGHUP: lines wait in memory and follow a notice once it is back") {
+  std::string top = make_temp_dir();  // .../logs
+  Daemon d({}, {}, top);
+  REQUIRE(d.running());
+  Sender s;
+  s.send(d.port_, "before\n");
+  REQUIRE(d.wait_log("before\n"));
+  std::string moved = top + ".moved";
+  std::string err_path = top.substr(0, top.rfind('/')) + "/stderr";  // not through logs/..
+  auto err = [&] { return read_file(err_path); };
+  REQUIRE(rename(top.c_str(), moved.c_str()) == 0);  // the directory goes away
+  d.signal(SIGHUP);
+  REQUIRE(wait_for([&] { return err().find("cannot use log directory " + top) != std::string::npos; }));
+  CHECK(err().find(": No such file or directory; keeping up to 1024 KiB of lines in memory and "
+                     "trying again every 2 s\n") != std::string::npos);
+  s.send(d.port_, "while it was gone\n");
+  usleep(300000);
+  std::string old_log = all_logs(moved);
+  CHECK(old_log.find("before\n") != std::string::npos);
+  CHECK(old_log.find("while it was gone") == std::string::npos);  // not into the moved file
+  REQUIRE(mkdir(top.c_str(), 0755) == 0);  // back, as a new directory
+  REQUIRE(wait_for([&] { return all_logs(top).find("while it was gone\n") != std::string::npos; }, 5));
+  s.send(d.port_, "after\n");
+  REQUIRE(d.wait_log("after\n"));
+  std::string log = all_logs(top);
+  size_t notice = log.find("udplogger: log directory " + top + " could not be used since ");
+  REQUIRE(notice != std::string::npos);
+  CHECK(notice < log.find("while it was gone"));  // the notice first, then the kept lines
+  CHECK(log.find("(No such file or directory): ") != std::string::npos);
+  CHECK(log.find("; 0 lines (0 bytes) beyond them were lost\n") != std::string::npos);
+  CHECK(err().find("log directory " + top + " is back") != std::string::npos);
+  CHECK(d.stop() == 0);
+  rename(moved.c_str(), (top + ".old").c_str());
+}

@@ -44,8 +44,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <algorithm>
-
 namespace ul {
 
 // ================================================================= options
@@ -1747,12 +1745,9 @@ void DailyFile::go_away(time_t now, const char* why) {
 // Keeps a batch while DIR is gone, whole or (no room) not at all, counted.
 void DailyFile::keep(const iovec* iov, int iovcnt, WriteLoss* loss) {
   static const char kCut[] = "[... line cut here ...]\n";
-  size_t bytes = 0, lines = 0;
-  for (int i = 0; i < iovcnt; i++) {
-    bytes += iov[i].iov_len;
-    lines += size_t(std::count(static_cast<const char*>(iov[i].iov_base),
-                               static_cast<const char*>(iov[i].iov_base) + iov[i].iov_len, '\n'));
-  }
+  bool ends_line;
+  size_t bytes = 0, lines = count_lines(iov, iovcnt, &ends_line);
+  for (int i = 0; i < iovcnt; i++) bytes += iov[i].iov_len;
   if (!kept_) kept_ = static_cast<char*>(malloc(kKeptMax));
   if (kept_ && kept_len_ + bytes + sizeof kCut <= kKeptMax) {
     for (int i = 0; i < iovcnt; i++) {

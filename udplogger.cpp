@@ -44,6 +44,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+// Start-up, error and report paths: optimized for size, away from the hot
+// code, so the binary stays small.
+#define UL_COLD __attribute__((cold))
+
 namespace ul {
 
 // ================================================================= options
@@ -115,7 +119,7 @@ void store_number(Options* o, const char* key, unsigned long v) {
   else if (!strcmp(key, "partials")) o->partials = v;
 }
 
-ParseStatus parse_number_option(const NumberOption& n, const char* value, Options* o,
+UL_COLD ParseStatus parse_number_option(const NumberOption& n, const char* value, Options* o,
                                 char* err, size_t errlen) {
   unsigned long v = 0;
   const char* range_fmt = n.base == 8 ? "%s=%s: %s (allowed: octal %04lo..%04lo)"
@@ -157,7 +161,7 @@ void store_word(Options* o, const char* key, bool second) {
 }
 
 // Parses one key=value; returns usage_error for an unknown key.
-ParseStatus parse_one(const char* key, size_t keylen, const char* value,
+UL_COLD ParseStatus parse_one(const char* key, size_t keylen, const char* value,
                       Options* o, char* err, size_t errlen) {
   char k[16];
   if (keylen >= sizeof k) return ParseStatus::usage_error;
@@ -199,7 +203,7 @@ ParseStatus parse_one(const char* key, size_t keylen, const char* value,
 
 }  // namespace
 
-ParseStatus parse_options(int argc, char* const* argv, Options* o, char* err,
+UL_COLD ParseStatus parse_options(int argc, char* const* argv, Options* o, char* err,
                           size_t errlen) {
   err[0] = '\0';
   for (int i = 1; i < argc; i++) {
@@ -666,7 +670,7 @@ const Sender* Assembler::route(const Datagram& d, ExtHeader* h, bool* ext) {
 
 // debug=1: one line per datagram, like sshd -d: who, how long, and what
 // became of it, told from what it changed in the statistics.
-void Assembler::trace(const Datagram& d, const Sender* s, const ExtHeader* h,
+UL_COLD void Assembler::trace(const Datagram& d, const Sender* s, const ExtHeader* h,
                       const Stats& before) {
   char who[kSenderNameMax], what[160], line[400];
   format_sender(d.addr, d.port, who);
@@ -892,7 +896,7 @@ void Assembler::sender_notice(Sender* s, const timespec& when, const char* text)
   lines_.notice(&s->addr, s->name, s->name_len, when, "%s", text);
 }
 
-void Assembler::format_stats(char* buf, size_t len) const {
+UL_COLD void Assembler::format_stats(char* buf, size_t len) const {
   const Stats& t = stats_;
   snprintf(buf, len,
            "statistics: datagrams=%llu bytes=%llu lines=%llu records=%llu "
@@ -1475,7 +1479,7 @@ void warn(const char* fmt, ...) {
 
 // ------------------------------------------------------------------- sinks
 
-bool open_log_dir(const char* dir, unsigned perm, LogDir* d, char* why, size_t whylen) {
+UL_COLD bool open_log_dir(const char* dir, unsigned perm, LogDir* d, char* why, size_t whylen) {
   d->perm = perm;
   snprintf(d->given, sizeof d->given, "%s", dir);
   if (!realpath(dir, d->path) ||
@@ -1486,7 +1490,7 @@ bool open_log_dir(const char* dir, unsigned perm, LogDir* d, char* why, size_t w
   return true;
 }
 
-bool reopen_log_dir(LogDir* d, char* why, size_t whylen) {
+UL_COLD bool reopen_log_dir(LogDir* d, char* why, size_t whylen) {
   int fd = open(d->given, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) {
     snprintf(why, whylen, "%s", strerror(errno));
@@ -1499,7 +1503,7 @@ bool reopen_log_dir(LogDir* d, char* why, size_t whylen) {
   return true;
 }
 
-int open_log_file(int dirfd, const char* name, unsigned perm, bool* cut, char* why,
+UL_COLD int open_log_file(int dirfd, const char* name, unsigned perm, bool* cut, char* why,
                   size_t whylen) {
   // Read as well as append: the last byte tells whether a line was cut.
   const int flags = O_RDWR | O_APPEND | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
@@ -1609,7 +1613,7 @@ bool LogFile::write(const iovec* iov, int iovcnt, const char* dir, const char* n
 
 // Counts what could not be written; the first error of an episode is said
 // on stderr, the rest only counted.
-void LogFile::lose(const iovec* iov, int iovcnt, int err, const char* dir, const char* name,
+UL_COLD void LogFile::lose(const iovec* iov, int iovcnt, int err, const char* dir, const char* name,
                    const NoticeMaker& nm, WriteLoss* loss) {
   bool ends_line;
   size_t lines = count_lines(iov, iovcnt, &ends_line), bytes = 0;
@@ -1631,7 +1635,7 @@ void LogFile::lose(const iovec* iov, int iovcnt, int err, const char* dir, const
 
 // Before the next lines: a newline if a line was cut, and a notice of what
 // was lost or found cut.  False (errno set) when it cannot be written.
-bool LogFile::mend(const char* dir, const char* name, const NoticeMaker& nm) {
+UL_COLD bool LogFile::mend(const char* dir, const char* name, const NoticeMaker& nm) {
   static const char kCut[] = "[... line cut here ...]\n";
   char text[400], line[2048];
   size_t n = 0;
@@ -1665,7 +1669,7 @@ bool LogFile::mend(const char* dir, const char* name, const NoticeMaker& nm) {
   return true;
 }
 
-bool DailyFile::open(LogDir* dir, time_t now, char* why, size_t whylen) {
+UL_COLD bool DailyFile::open(LogDir* dir, time_t now, char* why, size_t whylen) {
   dir_ = dir;
   char reason[256];
   if (switch_to(now, reason, sizeof reason)) return true;
@@ -1722,7 +1726,7 @@ void DailyFile::tick(time_t now) {
   next_switch_ = now + 60;  // try again in a minute
 }
 
-void DailyFile::reopen(time_t now) {
+UL_COLD void DailyFile::reopen(time_t now) {
   if (away_) return come_back(now);
   char why[256];
   if (!reopen_log_dir(dir_, why, sizeof why)) return go_away(now, why);
@@ -1732,7 +1736,7 @@ void DailyFile::reopen(time_t now) {
 
 // DIR is gone or unusable: the old file (moved or removed with it) gets no
 // more lines; they wait in memory.
-void DailyFile::go_away(time_t now, const char* why) {
+UL_COLD void DailyFile::go_away(time_t now, const char* why) {
   warn("cannot use log directory %s: %s; keeping up to %zu KiB of lines in memory and trying "
        "again every %d s", dir_->given, why, kKeptMax >> 10, kRetrySeconds);
   file_.close_file();
@@ -1767,7 +1771,7 @@ void DailyFile::keep(const iovec* iov, int iovcnt, WriteLoss* loss) {
 }
 
 // DIR is back: today's file gets a notice of the gap, then the kept lines.
-void DailyFile::come_back(time_t now) {
+UL_COLD void DailyFile::come_back(time_t now) {
   char why[256];
   if (!reopen_log_dir(dir_, why, sizeof why) || !switch_to(now, why, sizeof why)) {
     retry_at_ = now + kRetrySeconds;
@@ -1793,7 +1797,7 @@ void DailyFile::come_back(time_t now) {
   lost_lines_ = lost_bytes_ = 0;
 }
 
-bool HostFiles::open(LogDir* dir, unsigned files, time_t now, char* why, size_t whylen) {
+UL_COLD bool HostFiles::open(LogDir* dir, unsigned files, time_t now, char* why, size_t whylen) {
   dir_ = dir;
   today_ = now;
   capacity_ = files;
@@ -1949,7 +1953,7 @@ struct Listener {
 };
 
 // Formats a socket address as "a.b.c.d:port" or "[v6]:port".
-void describe_address(const sockaddr_storage& ss, char* out, size_t len) {
+UL_COLD void describe_address(const sockaddr_storage& ss, char* out, size_t len) {
   char text[INET6_ADDRSTRLEN] = "?";
   if (ss.ss_family == AF_INET) {
     const auto& sin = reinterpret_cast<const sockaddr_in&>(ss);
@@ -1964,7 +1968,7 @@ void describe_address(const sockaddr_storage& ss, char* out, size_t len) {
 
 // Creates and binds the UDP socket for ip= and port=; every failure is
 // fatal and names the address.
-void create_listener(const Options& o, Listener* l) {
+UL_COLD void create_listener(const Options& o, Listener* l) {
   sockaddr_storage ss = {};
   auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
   auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
@@ -1999,7 +2003,7 @@ void create_listener(const Options& o, Listener* l) {
 // Socket activation: systemd (or any parent holding the sockets across
 // restarts) passes them as fds 3.. with LISTEN_FDS and LISTEN_PID.  Each
 // must be a UDP socket; returns how many were taken, 0 when none passed.
-int inherit_listeners(Listener* ls) {
+UL_COLD int inherit_listeners(Listener* ls) {
   const char* pid = getenv("LISTEN_PID");
   const char* fds = getenv("LISTEN_FDS");
   if (!pid || !fds || strtol(pid, nullptr, 10) != long(getpid())) return 0;
@@ -2030,7 +2034,7 @@ int inherit_listeners(Listener* ls) {
 // Sets what the loop relies on: the receive buffer, kernel arrival times
 // and the drop counter.  Works on any UDP socket, made here or handed in;
 // a buffer the socket unit already made larger is kept.
-void tune_listener(const Options& o, Listener* l) {
+UL_COLD void tune_listener(const Options& o, Listener* l) {
   int rbuf = int(o.rbuf);
   socklen_t len = sizeof l->rbuf_granted;
   getsockopt(l->fd, SOL_SOCKET, SO_RCVBUF, &l->rbuf_granted, &len);
@@ -2050,7 +2054,7 @@ void tune_listener(const Options& o, Listener* l) {
 
 // Names the address the socket serves, as the kernel sees it, and whether
 // it takes IPv4 too.
-void describe_listener(Listener* l) {
+UL_COLD void describe_listener(Listener* l) {
   sockaddr_storage ss = {};
   socklen_t len = sizeof ss;
   if (getsockname(l->fd, reinterpret_cast<sockaddr*>(&ss), &len) < 0) return;
@@ -2070,7 +2074,7 @@ struct Notifier {
   int fd = -1;
 };
 
-void notify_open(Notifier* n) {
+UL_COLD void notify_open(Notifier* n) {
   const char* path = getenv("NOTIFY_SOCKET");
   if (!path || (path[0] != '/' && path[0] != '@')) return;
   sockaddr_un sa = {};
@@ -2106,7 +2110,7 @@ void notify(const Notifier& n, const char* fmt, ...) {
 
 // Switches to gid and uid (supplementary groups cleared first) and checks
 // that it cannot switch back; any failure is fatal.
-void drop_privileges(const Options& o) {
+UL_COLD void drop_privileges(const Options& o) {
   if (o.uid < 0 && o.gid < 0) return;
   if (geteuid() == 0 && setgroups(0, nullptr) < 0)
     die("cannot clear supplementary groups: %s", strerror(errno));
@@ -2125,7 +2129,7 @@ void drop_privileges(const Options& o) {
 
 // split=host keeps up to files= log files open: make sure the limit allows
 // them, raising the soft limit towards the hard one if needed.
-void ensure_file_limit(const Options& o) {
+UL_COLD void ensure_file_limit(const Options& o) {
   if (o.split != Split::host) return;
   rlim_t need = rlim_t(o.files) + 32;  // the socket, epoll, signals, stdio, the day file
   rlimit rl;
@@ -2152,7 +2156,7 @@ struct Ring {
   bool large = false;  // a datagram larger than a page made more of it resident
 };
 
-void ring_init(Ring* r) {
+UL_COLD void ring_init(Ring* r) {
   void* p = mmap(nullptr, kBatch * kSlotBytes, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) die("cannot map %zu bytes of receive ring: %s",
@@ -2267,7 +2271,7 @@ int milliseconds_until(const timespec& due, const timespec& now) {
   return ms > 60000 ? 60000 : int(ms);
 }
 
-int open_signals() {
+UL_COLD int open_signals() {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
@@ -2283,7 +2287,7 @@ int open_signals() {
 
 // "listening on UDP ..., writing ...; options": the start-up line on
 // stdout, the start notice in the log and systemd's status.
-void describe_start(const Server& s, char* out, size_t len) {
+UL_COLD void describe_start(const Server& s, char* out, size_t len) {
   const Options& o = s.opts;
   size_t n = size_t(snprintf(out, len, "listening on UDP "));
   for (int i = 0; i < s.nlisteners && n < len; i++) {
@@ -2317,7 +2321,7 @@ void describe_start(const Server& s, char* out, size_t len) {
 
 // Opens the log directory and the sockets, drops privileges, opens the
 // sink and prepares the loop; every failure is fatal and says why.
-void setup(Server* s, const Options& o, Clock clock) {
+UL_COLD void setup(Server* s, const Options& o, Clock clock) {
   s->opts = o;
   s->clock = clock;
   char why[4400];
@@ -2381,7 +2385,7 @@ void setup(Server* s, const Options& o, Clock clock) {
 
 // The statistics line, into the log (after `why`) and on stderr, and a
 // short status for systemd.
-void report_stats(Server* s, const char* why) {
+UL_COLD void report_stats(Server* s, const char* why) {
   char line[768];
   s->assembler.format_stats(line, sizeof line);
   const WriteLoss& w = s->sink->losses();
@@ -2455,7 +2459,7 @@ void check_all_drops(Server* s) {
 
 // At stop: reads everything queued, for at most kStopDrainSeconds; what is
 // still queued then is read, counted and said in a notice, not written.
-void drain_for_stop(Server* s) {
+UL_COLD void drain_for_stop(Server* s) {
   timespec deadline = s->clock();
   deadline.tv_sec += kStopDrainSeconds;
   for (int i = 0; i < s->nlisteners; i++) {

@@ -104,7 +104,7 @@ struct Datagram {
   timespec when;               // the kernel's arrival time
   const char* data;            // valid until the Output is flushed
   size_t len;
-  uint32_t kernel_dropped;      // datagrams the kernel dropped on its socket since the last report
+  uint32_t kernel_dropped;     // dropped by the kernel on its socket since the last report
   bool truncated;              // cut to fit the receive slot
 };
 
@@ -119,6 +119,7 @@ class Output {
   // host: the sender's address the lines are about, null for the daemon's own.
   using FlushFn = void (*)(void* ctx, const in6_addr* host, const iovec* iov, int iovcnt);
 
+  // arena_bytes of room for copies; by_host: a batch never mixes hosts.
   bool init(size_t arena_bytes, FlushFn fn, void* ctx, bool by_host);
   ~Output();
   // The lines that follow are about host; only matters when grouped by host.
@@ -126,10 +127,10 @@ class Output {
     if (by_host_) switch_host(host);
   }
   void ref(const char* p, size_t len);        // zero copy; valid until flush
-  void copy(const char* p, size_t len);
-  void copy_escaped(const char* p, size_t len);
+  void copy(const char* p, size_t len);       // into the arena
+  void copy_escaped(const char* p, size_t len);  // into the arena, control bytes as \xNN
   char* claim(size_t len);                    // len (<= 256) contiguous bytes to fill
-  void flush();
+  void flush();                               // hands what was collected to fn
 
  private:
   char* reserve(size_t want, size_t* got);

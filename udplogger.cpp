@@ -1552,15 +1552,20 @@ WriteLoss::Cause cause_of(int err) {
        : err == EIO ? WriteLoss::io : WriteLoss::other;
 }
 
-// Newlines in iov, and whether its last byte is one.
-size_t count_lines(const iovec* iov, int iovcnt, bool* ends_line) {
+// Whether the last byte of iov is a newline (true when it is empty).
+bool ends_in_newline(const iovec* iov, int iovcnt) {
+  for (int i = iovcnt - 1; i >= 0; i--)
+    if (iov[i].iov_len) return static_cast<const char*>(iov[i].iov_base)[iov[i].iov_len - 1] == '\n';
+  return true;
+}
+
+// Newlines in iov: lines, for counting what was lost.
+size_t count_lines(const iovec* iov, int iovcnt) {
   size_t n = 0;
-  *ends_line = true;
   for (int i = 0; i < iovcnt; i++) {
     const char* p = static_cast<const char*>(iov[i].iov_base);
     const char* end = p + iov[i].iov_len;
     while ((p = static_cast<const char*>(memchr(p, '\n', size_t(end - p))))) p++, n++;
-    if (iov[i].iov_len) *ends_line = static_cast<const char*>(iov[i].iov_base)[iov[i].iov_len - 1] == '\n';
   }
   return n;
 }
@@ -1586,8 +1591,7 @@ bool LogFile::write(const iovec* iov, int iovcnt, const char* dir, const char* n
   iovec rest[1024];
   memcpy(rest, iov, sizeof(iovec) * size_t(iovcnt));
   iovec* v = rest;
-  bool ends_line = true;
-  count_lines(iov, iovcnt, &ends_line);
+  bool ends_line = ends_in_newline(iov, iovcnt);
   while (iovcnt > 0) {
     ssize_t w = writev(fd_, v, iovcnt);
     if (w < 0) {
@@ -1615,8 +1619,7 @@ bool LogFile::write(const iovec* iov, int iovcnt, const char* dir, const char* n
 // on stderr, the rest only counted.
 UL_COLD void LogFile::lose(const iovec* iov, int iovcnt, int err, const char* dir, const char* name,
                    const NoticeMaker& nm, WriteLoss* loss) {
-  bool ends_line;
-  size_t lines = count_lines(iov, iovcnt, &ends_line), bytes = 0;
+  size_t lines = count_lines(iov, iovcnt), bytes = 0;
   for (int i = 0; i < iovcnt; i++) bytes += iov[i].iov_len;
   WriteLoss::Cause c = cause_of(err);
   loss->lines[c] += lines;
@@ -1749,8 +1752,7 @@ UL_COLD void DailyFile::go_away(time_t now, const char* why) {
 // Keeps a batch while DIR is gone, whole or (no room) not at all, counted.
 void DailyFile::keep(const iovec* iov, int iovcnt, WriteLoss* loss) {
   static const char kCut[] = "[... line cut here ...]\n";
-  bool ends_line;
-  size_t bytes = 0, lines = count_lines(iov, iovcnt, &ends_line);
+  size_t bytes = 0, lines = count_lines(iov, iovcnt);
   for (int i = 0; i < iovcnt; i++) bytes += iov[i].iov_len;
   if (!kept_) kept_ = static_cast<char*>(malloc(kKeptMax));
   if (kept_ && kept_len_ + bytes + sizeof kCut <= kKeptMax) {
@@ -1865,6 +1867,7 @@ HostFiles::HostFile* HostFiles::file_for(const in6_addr& host) {
     return nullptr;
   }
   slot->file.adopt(fd, cut);
+  snprintf(slot->name, sizeof slot->name, "%s/%s", addr, name);  // for messages
   slot->host = host;
   slot->last_used = ++uses_;
   return slot;
@@ -1878,11 +1881,7 @@ void HostFiles::write(const in6_addr* host, const iovec* iov, int iovcnt) {
     daemon_.write_with(iov, iovcnt, notices_, &losses_);
     return;
   }
-  char addr[kHostNameMax], day[16], name[kHostNameMax + 20];
-  format_host(*host, addr);
-  log_file_name(today_, day);
-  snprintf(name, sizeof name, "%s/%s", addr, day);  // for messages
-  f->file.write(iov, iovcnt, dir_->path, name, notices_, &losses_);
+  f->file.write(iov, iovcnt, dir_->path, f->name, notices_, &losses_);
 }
 
 // Host files are named after the day they are opened in: at midnight they
@@ -1953,16 +1952,17 @@ struct Listener {
 };
 
 // Formats a socket address as "a.b.c.d:port" or "[v6]:port".
-UL_COLD void describe_address(const sockaddr_storage& ss, char* out, size_t len) {
-  char text[INET6_ADDRSTRLEN] = "?";
-  if (ss.ss_family == AF_INET) {
-    const auto& sin = reinterpret_cast<const sockaddr_in&>(ss);
-    inet_ntop(AF_INET, &sin.sin_addr, text, sizeof text);
-    snprintf(out, len, "%s:%u", text, unsigned(ntohs(sin.sin_port)));
+// A socket address as the core sees senders: IPv6, IPv4 as v4-mapped.
+void address_of(const sockaddr_in6& sa, in6_addr* addr, uint16_t* port) {
+  if (sa.sin6_family == AF_INET) {
+    const auto& sin = reinterpret_cast<const sockaddr_in&>(sa);
+    memset(addr, 0, sizeof *addr);
+    addr->s6_addr[10] = addr->s6_addr[11] = 0xff;
+    memcpy(&addr->s6_addr[12], &sin.sin_addr, 4);
+    *port = ntohs(sin.sin_port);
   } else {
-    const auto& sin6 = reinterpret_cast<const sockaddr_in6&>(ss);
-    inet_ntop(AF_INET6, &sin6.sin6_addr, text, sizeof text);
-    snprintf(out, len, "[%s]:%u", text, unsigned(ntohs(sin6.sin6_port)));
+    *addr = sa.sin6_addr;
+    *port = ntohs(sa.sin6_port);
   }
 }
 
@@ -2055,13 +2055,16 @@ UL_COLD void tune_listener(const Options& o, Listener* l) {
 // Names the address the socket serves, as the kernel sees it, and whether
 // it takes IPv4 too.
 UL_COLD void describe_listener(Listener* l) {
-  sockaddr_storage ss = {};
+  sockaddr_in6 ss = {};
   socklen_t len = sizeof ss;
   if (getsockname(l->fd, reinterpret_cast<sockaddr*>(&ss), &len) < 0) return;
-  describe_address(ss, l->where, sizeof l->where);
+  in6_addr addr;
+  uint16_t port;
+  address_of(ss, &addr, &port);
+  format_sender(addr, port, l->where);
   int v6only = 1;
   len = sizeof v6only;
-  l->dual_stack = ss.ss_family == AF_INET6 &&
+  l->dual_stack = ss.sin6_family == AF_INET6 &&
                   getsockopt(l->fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &len) == 0 && !v6only;
 }
 
@@ -2177,17 +2180,7 @@ UL_COLD void ring_init(Ring* r) {
 // arrival time (else `fallback`), bytes, and the drops since the last report.
 Datagram datagram_of(const Ring& r, int i, const timespec& fallback, Listener* l) {
   Datagram d;
-  const sockaddr_in6& sa = r.names[i];
-  if (sa.sin6_family == AF_INET) {
-    const auto& sin = reinterpret_cast<const sockaddr_in&>(sa);
-    memset(&d.addr, 0, sizeof d.addr);
-    d.addr.s6_addr[10] = d.addr.s6_addr[11] = 0xff;
-    memcpy(&d.addr.s6_addr[12], &sin.sin_addr, 4);
-    d.port = ntohs(sin.sin_port);
-  } else {
-    d.addr = sa.sin6_addr;
-    d.port = ntohs(sa.sin6_port);
-  }
+  address_of(r.names[i], &d.addr, &d.port);
   const msghdr& h = r.msgs[i].msg_hdr;
   d.when = fallback;
   d.kernel_dropped = 0;

@@ -663,6 +663,7 @@ class HostFiles : public Sink {
     in6_addr host;
     LogFile file;        // fd -1: slot free
     uint64_t last_used;
+    char name[kHostNameMax + 16];  // "ADDR/YYYY-MM-DD.log", for messages
   };
   HostFile* file_for(const in6_addr& host);
   void close_all();

@@ -222,6 +222,16 @@ bool have_program(const char* name) {
   return run_command(std::string("command -v ") + name).status == 0;
 }
 
+size_t kernel_drops_in(const std::string& log) {
+  static const std::string kNotice = " datagrams dropped by the kernel";
+  size_t n = 0;
+  for (size_t p = log.find(kNotice); p != std::string::npos; p = log.find(kNotice, p + 1)) {
+    size_t b = log.rfind("udplogger: ", p) + 11;
+    n += std::stoul(log.substr(b, p - b));
+  }
+  return n;
+}
+
 std::string udplogger_path() {
   const char* p = getenv("UDPLOGGER");
   return p ? p : "../udplogger";

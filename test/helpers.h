@@ -3,7 +3,12 @@
 #define UDPLOGGER_TEST_HELPERS_H
 
 #include <doctest.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
 #include <sys/types.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 #include <functional>
 #include <string>
@@ -96,6 +101,28 @@ Command run_command(const std::string& cmd);
 
 // True when the shell finds the program.
 bool have_program(const char* name);
+
+// The datagrams the "N datagrams dropped by the kernel" notices of a log add up to.
+size_t kernel_drops_in(const std::string& log);
+
+// A string as one piece of a batch of log text.
+inline iovec piece(const char* s) { return iovec{const_cast<char*>(s), strlen(s)}; }
+
+// Runs f with this process's stderr going to a file; returns what f wrote.
+template <typename F>
+std::string stderr_of(F f) {
+  std::string path = make_temp_dir() + "/stderr";
+  fflush(stderr);
+  int saved = dup(2);
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  dup2(fd, 2);
+  close(fd);
+  f();
+  fflush(stderr);
+  dup2(saved, 2);
+  close(saved);
+  return read_file(path);
+}
 
 // Path of the daemon under test.
 std::string udplogger_path();

@@ -435,25 +435,14 @@ TEST_CASE("daemon: datagrams the kernel dropped are counted in the log" *
   // the socket's counter itself when it goes idle.
   auto counted = [&] {
     std::string log = d.log();
-    size_t n = count_of(log, "drop-test ");
-    for (size_t p = log.find(" datagrams dropped by the kernel"); p != std::string::npos;
-         p = log.find(" datagrams dropped by the kernel", p + 1)) {
-      size_t b = log.rfind("udplogger: ", p) + 11;
-      n += std::stoul(log.substr(b, p - b));
-    }
-    return n;
+    return count_of(log, "drop-test ") + kernel_drops_in(log);
   };
   REQUIRE(wait_for([&] { return counted() == size_t(sent); }, 10));
   size_t socket_drops = udp6_drops(d.port_);
   REQUIRE(d.stop() == 0);
   std::string log = d.log();
   size_t received = count_of(log, "drop-test ");
-  size_t dropped = 0;
-  for (size_t p = log.find(" datagrams dropped by the kernel"); p != std::string::npos;
-       p = log.find(" datagrams dropped by the kernel", p + 1)) {
-    size_t b = log.rfind("udplogger: ", p) + 11;
-    dropped += std::stoul(log.substr(b, p - b));
-  }
+  size_t dropped = kernel_drops_in(log);
   MESSAGE("sent " << sent << ", received " << received << ", kernel dropped " << dropped);
   CHECK(dropped > 0);
   CHECK(received + dropped == size_t(sent));

@@ -253,29 +253,11 @@ TEST_CASE("netconsole: a state machine fed datagrams and time hands back records
 
 namespace {
 
-iovec piece(const char* s) { return iovec{const_cast<char*>(s), strlen(s)}; }
-
 ul::LogDir open_dir(const std::string& path) {
   ul::LogDir d;
   char why[256];
   REQUIRE_MESSAGE(ul::open_log_dir(path.c_str(), 0640, &d, why, sizeof why), why);
   return d;
-}
-
-// Runs f with stderr going to a file; returns what it wrote there.
-template <typename F>
-std::string stderr_of(F f) {
-  std::string path = make_temp_dir() + "/stderr";
-  fflush(stderr);
-  int saved = dup(2);
-  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  dup2(fd, 2);
-  close(fd);
-  f();
-  fflush(stderr);
-  dup2(saved, 2);
-  close(saved);
-  return read_file(path);
 }
 
 }  // namespace

@@ -27,23 +27,6 @@ size_t test_notice(void*, const timespec& when, const char* text, char* out, siz
 timespec test_clock() { return at(T0 + 7); }
 const ul::NoticeMaker kNotices = {test_notice, nullptr, test_clock};
 
-iovec piece(const char* s) { return iovec{const_cast<char*>(s), strlen(s)}; }
-
-template <typename F>
-std::string stderr_of(F f) {
-  std::string path = make_temp_dir() + "/stderr";
-  fflush(stderr);
-  int saved = dup(2);
-  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  dup2(fd, 2);
-  close(fd);
-  f();
-  fflush(stderr);
-  dup2(saved, 2);
-  close(saved);
-  return read_file(path);
-}
-
 size_t count_of(const std::string& text, const std::string& what) {
   size_t n = 0;
   for (size_t p = text.find(what); p != std::string::npos; p = text.find(what, p + 1)) n++;
@@ -227,12 +210,7 @@ TEST_CASE("stop: SIGTERM reads everything queued before it leaves") {
   CHECK(st == 0);
   std::string log = d.log();
   size_t written = count_of(log, " queued ");
-  size_t dropped = 0;
-  for (size_t p = log.find(" datagrams dropped by the kernel"); p != std::string::npos;
-       p = log.find(" datagrams dropped by the kernel", p + 1)) {
-    size_t b = log.rfind("udplogger: ", p) + 11;
-    dropped += std::stoul(log.substr(b, p - b));
-  }
+  size_t dropped = kernel_drops_in(log);
   MESSAGE("queued " << n << " at SIGTERM: written " << written << ", dropped by the kernel " << dropped);
   CHECK(written + dropped == size_t(n));
   CHECK(written > 8192);  // more than the old bound of 64 batches

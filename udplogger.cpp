@@ -141,23 +141,114 @@ UL_COLD ParseStatus parse_number_option(const NumberOption& n, const char* value
   return ParseStatus::ok;
 }
 
-// A keyword option: one of two words, the first the default.
+// A keyword option: one of two or three words, the first the default;
+// the word's index is the value of the option's enum.
 struct WordOption {
   const char* key;
-  const char* first;
-  const char* second;
+  const char* words[3];  // the third null for two
 };
 
 const WordOption kWordOptions[] = {
-    {"escape", "hex", "none"}, {"ext", "auto", "raw"},
-    {"stamp", "classic", "iso"}, {"split", "none", "host"},
+    {"escape", {"hex", "none"}},         {"ext", {"auto", "raw"}},
+    {"stamp", {"classic", "iso"}},       {"split", {"none", "host"}},
+    {"eol", {"auto", "newline", "datagram"}}, {"dict", {"changes", "all", "none"}},
 };
 
-void store_word(Options* o, const char* key, bool second) {
-  if (!strcmp(key, "escape")) o->escape = second ? Escape::none : Escape::hex;
-  else if (!strcmp(key, "ext")) o->ext = second ? Ext::raw : Ext::automatic;
-  else if (!strcmp(key, "stamp")) o->stamp = second ? StampStyle::iso : StampStyle::classic;
-  else if (!strcmp(key, "split")) o->split = second ? Split::host : Split::none;
+void store_word(Options* o, const char* key, int i) {
+  if (!strcmp(key, "escape")) o->escape = Escape(i);
+  else if (!strcmp(key, "ext")) o->ext = Ext(i);
+  else if (!strcmp(key, "stamp")) o->stamp = StampStyle(i);
+  else if (!strcmp(key, "split")) o->split = Split(i);
+  else if (!strcmp(key, "eol")) o->eol = Eol(i);
+  else if (!strcmp(key, "dict")) o->dict = Dict(i);
+}
+
+UL_COLD ParseStatus parse_word_option(const WordOption& w, const char* value, Options* o,
+                                      char* err, size_t errlen) {
+  for (int i = 0; i < 3 && w.words[i]; i++) {
+    if (strcmp(value, w.words[i]) != 0) continue;
+    store_word(o, w.key, i);
+    return ParseStatus::ok;
+  }
+  snprintf(err, errlen, "%s=%s: unknown (allowed: %s, %s%s%s)", w.key, value, w.words[0],
+           w.words[1], w.words[2] ? ", " : "", w.words[2] ? w.words[2] : "");
+  return ParseStatus::value_error;
+}
+
+// Fills net from one allow= entry, "ADDR" or "ADDR/BITS"; false with
+// *why set.  A network with bits set past its prefix is refused: that is
+// a typo more often than not.
+UL_COLD bool parse_net(const char* entry, AllowList::Net* net, char* why, size_t whylen) {
+  char text[INET6_ADDRSTRLEN + 8];
+  size_t len = strlen(entry);
+  if (len >= sizeof text) {
+    snprintf(why, whylen, "'%.60s': too long for an address", entry);
+    return false;
+  }
+  memcpy(text, entry, len + 1);
+  char* slash = strchr(text, '/');
+  if (slash) *slash = '\0';
+  in6_addr a = {};
+  unsigned width = 128, offset = 0;
+  if (inet_pton(AF_INET, text, &a.s6_addr[12]) == 1) {
+    a.s6_addr[10] = a.s6_addr[11] = 0xff;  // v4-mapped
+    width = 32;
+    offset = 96;
+  } else if (inet_pton(AF_INET6, text, &a) != 1) {
+    snprintf(why, whylen, "'%s': not an IPv4 or IPv6 address", text);
+    return false;
+  }
+  unsigned long bits = width;
+  if (slash && (!parse_number(slash + 1, 10, &bits) || bits > width)) {
+    snprintf(why, whylen, "'%s': the prefix length must be 0..%u", entry, width);
+    return false;
+  }
+  in6_addr mask = {};
+  for (unsigned i = 0; i < offset + bits; i++) mask.s6_addr[i / 8] |= uint8_t(0x80 >> (i % 8));
+  in6_addr masked = a;
+  for (int i = 0; i < 16; i++) masked.s6_addr[i] &= mask.s6_addr[i];
+  if (memcmp(&masked, &a, sizeof a) != 0) {
+    char shown[INET6_ADDRSTRLEN];
+    if (width == 32) inet_ntop(AF_INET, &masked.s6_addr[12], shown, sizeof shown);
+    else inet_ntop(AF_INET6, &masked, shown, sizeof shown);
+    snprintf(why, whylen, "'%s': address bits set past the prefix (the network is %s/%lu)",
+             entry, shown, bits);
+    return false;
+  }
+  memcpy(net->addr, &a, sizeof a);
+  memcpy(net->mask, &mask, sizeof mask);
+  return true;
+}
+
+// allow=CIDR[,CIDR...]: replaces the list.
+UL_COLD ParseStatus parse_allow(const char* value, Options* o, char* err, size_t errlen) {
+  AllowList& l = o->allow;
+  l.count = 0;
+  char why[160] = "an empty list";
+  const char* p = value;
+  for (;;) {
+    const char* comma = strchr(p, ',');
+    size_t n = comma ? size_t(comma - p) : strlen(p);
+    char entry[80];
+    if (n == 0) {
+      if (*value) snprintf(why, sizeof why, "an empty entry");
+      break;
+    }
+    if (l.count == kAllowMax) {
+      snprintf(why, sizeof why, "more than %u networks", kAllowMax);
+      break;
+    }
+    snprintf(entry, sizeof entry, "%.*s", int(n), p);
+    if (!parse_net(entry, &l.nets[l.count], why, sizeof why)) break;
+    l.count++;
+    if (!comma) return ParseStatus::ok;
+    p = comma + 1;
+  }
+  bool long_list = strlen(value) > 60;  // the message names the entry at fault
+  snprintf(err, errlen, "allow=%.60s%s: %s (allowed: IPv4 or IPv6 networks such as "
+           "10.0.0.0/8,192.0.2.7,2001:db8::/32, separated by commas)", value,
+           long_list ? "..." : "", why);
+  return ParseStatus::value_error;
 }
 
 // Parses one key=value; returns usage_error for an unknown key.
@@ -169,16 +260,9 @@ UL_COLD ParseStatus parse_one(const char* key, size_t keylen, const char* value,
   k[keylen] = '\0';
   for (const NumberOption& n : kNumberOptions)
     if (!strcmp(k, n.key)) return parse_number_option(n, value, o, err, errlen);
-  for (const WordOption& w : kWordOptions) {
-    if (strcmp(k, w.key) != 0) continue;
-    bool second = !strcmp(value, w.second);
-    if (!second && strcmp(value, w.first) != 0) {
-      snprintf(err, errlen, "%s=%s: unknown (allowed: %s, %s)", k, value, w.first, w.second);
-      return ParseStatus::value_error;
-    }
-    store_word(o, k, second);
-    return ParseStatus::ok;
-  }
+  for (const WordOption& w : kWordOptions)
+    if (!strcmp(k, w.key)) return parse_word_option(w, value, o, err, errlen);
+  if (!strcmp(k, "allow")) return parse_allow(value, o, err, errlen);
   if (!strcmp(k, "ip")) {
     unsigned char buf[sizeof(in6_addr)];
     if (inet_pton(AF_INET, value, buf) != 1 &&
@@ -625,7 +709,38 @@ bool timespec_le(const timespec& a, const timespec& b) {
   return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec <= b.tv_nsec);
 }
 
+// True when data starts with a syslog priority, "<N>" with N from 0 to 191
+// (RFC 5424 and RFC 3164 alike).
+bool starts_with_priority(const char* data, size_t len) {
+  if (len < 3 || data[0] != '<') return false;
+  unsigned v = 0;
+  size_t i = 1;
+  for (; i < len && i <= 3 && data[i] >= '0' && data[i] <= '9'; i++) v = v * 10 + unsigned(data[i] - '0');
+  return i > 1 && i < len && data[i] == '>' && v <= 191;
+}
+
+// The length of r's body through its raw newline, where its dictionary
+// starts; r.len when there is none, or a gap leaves it unknown.
+uint32_t body_length(const ExtRecord& r) {
+  const char* nl = static_cast<const char*>(memchr(r.data, '\n', r.len));
+  if (!nl) return r.len;
+  uint32_t n = uint32_t(nl - r.data) + 1;
+  if (r.got)
+    for (uint32_t i = 0; i < n; i++)
+      if (!(r.got[i >> 3] >> (i & 7) & 1)) return r.len;
+  return n;
+}
+
 }  // namespace
+
+bool AllowList::allows(const in6_addr& a) const {
+  uint64_t w[2];
+  memcpy(w, &a, sizeof w);
+  for (unsigned i = 0; i < count; i++)
+    if ((w[0] & nets[i].mask[0]) == nets[i].addr[0] && (w[1] & nets[i].mask[1]) == nets[i].addr[1])
+      return true;
+  return false;
+}
 
 bool Assembler::init(const Options& opts, Output* out, uint64_t hash_seed) {
   opts_ = opts;
@@ -653,6 +768,10 @@ const Sender* Assembler::route(const Datagram& d, ExtHeader* h, bool* ext) {
   if (d.kernel_dropped) kernel_dropped(d.kernel_dropped, d.when);
   stats_.datagrams++;
   add_saturating(&stats_.bytes, d.len);
+  if (opts_.allow.count > 0 && !opts_.allow.allows(d.addr)) {
+    refuse(d);
+    return nullptr;
+  }
   if (d.len == 0) return nullptr;
   Sender* s = sender_for(d.addr, d.port, d.when);
   if (d.truncated) {
@@ -663,9 +782,48 @@ const Sender* Assembler::route(const Datagram& d, ExtHeader* h, bool* ext) {
   // A header counts only at the start of a line: a datagram that continues
   // a partial line is text, whatever it looks like.
   *ext = opts_.ext == Ext::automatic && s->partial_len == 0 && parse_ext_header(d.data, d.len, h);
-  if (*ext) nc_.feed(s, *h, d.data, d.len, d.when);
-  else join_text(s, d.data, d.len, d.when);
+  if (*ext) {
+    nc_.feed(s, *h, d.data, d.len, d.when);
+  } else if (ends_with_datagram(s, d.data, d.len)) {
+    size_t len = d.len;
+    while (len > 0 && d.data[len - 1] == '\0') len--;  // C strings sent with their NUL
+    join_text(s, d.data, len, d.when, true);
+  } else {
+    join_text(s, d.data, d.len, d.when, false);
+  }
   return s;
+}
+
+// eol=: whether the datagram's end ends its last line.  auto: for a syslog
+// message (RFC 5426: one per datagram), unless it continues a partial line
+// as a kernel's continuation lines do.
+bool Assembler::ends_with_datagram(const Sender* s, const char* data, size_t len) const {
+  if (opts_.eol == Eol::automatic) return s->partial_len == 0 && starts_with_priority(data, len);
+  return opts_.eol == Eol::datagram;
+}
+
+// allow=: a datagram from elsewhere is counted and dropped before it has a
+// sender slot; notices say so at most once a minute, so a flood of them
+// cannot flood the log.
+void Assembler::refuse(const Datagram& d) {
+  add_saturating(&stats_.refused, 1);
+  refused_unreported_++;
+  refused_addr_ = d.addr;
+  refused_port_ = d.port;
+  if (timespec_le(refused_notice_at_, d.when)) report_refused(d.when);
+}
+
+void Assembler::report_refused(const timespec& now) {
+  char who[kSenderNameMax];
+  format_sender(refused_addr_, refused_port_, who);
+  lines_.notice(nullptr, nullptr, 0, now,
+                "refused %llu datagram%s from senders not in allow=, the last from %s "
+                "(counted; reported at most once a minute)",
+                (unsigned long long)refused_unreported_, refused_unreported_ == 1 ? "" : "s",
+                who);
+  refused_unreported_ = 0;
+  refused_notice_at_ = now;
+  refused_notice_at_.tv_sec += 60;
 }
 
 // debug=1: one line per datagram, like sshd -d: who, how long, and what
@@ -675,7 +833,9 @@ UL_COLD void Assembler::trace(const Datagram& d, const Sender* s, const ExtHeade
   char who[kSenderNameMax], what[160], line[400];
   format_sender(d.addr, d.port, who);
   unsigned long long lines = stats_.lines - before.lines;
-  if (!s) {
+  if (stats_.refused > before.refused) {
+    snprintf(what, sizeof what, "refused: not in allow=");
+  } else if (!s) {
     snprintf(what, sizeof what, "empty: nothing to write");
   } else if (!h) {
     snprintf(what, sizeof what, "text: %llu line%s written, %u bytes wait for a newline", lines,
@@ -715,6 +875,7 @@ Sender* Assembler::sender_for(const in6_addr& addr, uint16_t port, const timespe
   }
   s = table_.add(addr, port);
   s->partial_len = 0;
+  s->dict_written = 0;
   nc_.forget(s);
   return s;
 }
@@ -822,8 +983,10 @@ void Assembler::keep_partial(Sender* s, const char* p, size_t len, const timespe
   s->partial_len += uint32_t(len);
 }
 
-// Plain text: joined into lines across datagrams, split at wbuf.
-void Assembler::join_text(Sender* s, const char* data, size_t len, const timespec& when) {
+// Plain text: joined into lines across datagrams, split at wbuf; a CR
+// before a newline is dropped.  ends_line: the data's end ends its line.
+void Assembler::join_text(Sender* s, const char* data, size_t len, const timespec& when,
+                          bool ends_line) {
   const size_t wbuf = opts_.wbuf;
   const char* p = data;
   const char* end = data + len;
@@ -832,18 +995,23 @@ void Assembler::join_text(Sender* s, const char* data, size_t len, const timespe
     // no piece is longer than wbuf, so nothing beyond that is scanned.
     const char* limit = size_t(end - p) > wbuf ? p + wbuf + 1 : end;
     const char* c = find_control(p, limit);
-    bool clean = c == limit || *c == '\n';
-    const char* nl = c == limit ? nullptr : *c == '\n' ? c
+    const char* nl = c == limit ? nullptr
         : static_cast<const char*>(memchr(c, '\n', size_t(limit - c)));
+    bool clean = c == limit || nl == c || (nl == c + 1 && *c == '\r');
     size_t seg = size_t((nl ? nl : limit) - p);  // bytes before the newline
+    size_t cr = nl && seg > 0 && nl[-1] == '\r';  // 1: CRLF, the CR is dropped
     if (s->partial_len > 0) {
       size_t room = wbuf - s->partial_len;
       if (nl && seg <= room) {  // completes the partial line
-        write_partial(s, p, seg, true);
+        if (seg == 0 && s->partial[s->partial_len - 1] == '\r') s->partial_len--;
+        write_partial(s, p, seg - cr, cr == 0);
         p = nl + 1;
       } else if (seg > room) {  // partial line reaches wbuf: write a piece
         write_partial(s, p, room, false);
         p += room;
+      } else if (ends_line) {
+        write_partial(s, p, seg, false);
+        p = end;
       } else {  // still no newline
         keep_partial(s, p, seg, when);
         p = end;
@@ -852,13 +1020,17 @@ void Assembler::join_text(Sender* s, const char* data, size_t len, const timespe
       write_line(s, when, nullptr, 0, p, wbuf, false, clean);
       p += wbuf;
     } else if (nl) {
-      write_line(s, when, nullptr, 0, p, seg, true, clean);
+      write_line(s, when, nullptr, 0, p, seg - cr, cr == 0, clean);
       p = nl + 1;
+    } else if (ends_line) {
+      write_line(s, when, nullptr, 0, p, seg, false, clean);
+      p = end;
     } else {
       keep_partial(s, p, seg, when);
       p = end;
     }
   }
+  if (ends_line && s->partial_len > 0) write_partial(s, nullptr, 0, false);
 }
 
 void Assembler::expire(const timespec& now, bool all) {
@@ -870,6 +1042,8 @@ void Assembler::expire(const timespec& now, bool all) {
     write_partial(s, nullptr, 0, false);
     stats_.lines_timed_out++;
   }
+  if (refused_unreported_ > 0 && (all || timespec_le(refused_notice_at_, now)))
+    report_refused(now);
   nc_.expire(now, all);
 }
 
@@ -880,6 +1054,8 @@ timespec Assembler::next_deadline() const {
     partial.tv_sec += opts_.timeout;
     if (due.tv_sec == 0 || timespec_le(partial, due)) due = partial;
   }
+  if (refused_unreported_ > 0 && (due.tv_sec == 0 || timespec_le(refused_notice_at_, due)))
+    due = refused_notice_at_;
   return due;
 }
 
@@ -902,7 +1078,7 @@ UL_COLD void Assembler::format_stats(char* buf, size_t len) const {
            "statistics: datagrams=%llu bytes=%llu lines=%llu records=%llu "
            "fragments=%llu reassembled=%llu incomplete=%llu missing_by_seq=%llu "
            "lost_in_transit=%llu kernel_drops=%llu duplicates=%llu late_fragments=%llu malformed=%llu "
-           "timed_out=%llu flushed_for_memory=%llu senders=%zu reused=%llu",
+           "timed_out=%llu flushed_for_memory=%llu refused=%llu senders=%zu reused=%llu",
            (unsigned long long)t.datagrams, (unsigned long long)t.bytes,
            (unsigned long long)t.lines, (unsigned long long)t.records,
            (unsigned long long)t.fragments, (unsigned long long)t.reassembled,
@@ -911,22 +1087,48 @@ UL_COLD void Assembler::format_stats(char* buf, size_t len) const {
            (unsigned long long)t.duplicates, (unsigned long long)t.late_fragments,
            (unsigned long long)t.malformed,
            (unsigned long long)t.lines_timed_out, (unsigned long long)t.flushed_for_memory,
-           table_.size(),
+           (unsigned long long)t.refused, table_.size(),
            (unsigned long long)t.senders_reused);
 }
 
 // What Netconsole hands back: a record is written as lines, a notice goes
 // to the sender's file, and text that was not a valid fragment after all
 // goes out as plain lines of its own.
-void Assembler::record(Sender* s, const ExtRecord& r) { records_.write(s->origin(), r); }
+void Assembler::record(Sender* s, const ExtRecord& r) {
+  ExtRecord shown = r;
+  if (opts_.dict != Dict::all) shown.len = dictionary_shown(s, r);
+  records_.write(s->origin(), shown);
+}
+
+// dict=: how much of r to write.  Its dictionary (the KEY=VALUE lines after
+// the body's raw newline) goes out with a sender's first record, when it
+// differs from the last one written, and after files_changed(); a record
+// with bytes missing is written whole and makes the next one write its own.
+uint32_t Assembler::dictionary_shown(Sender* s, const ExtRecord& r) {
+  uint32_t body = body_length(r);
+  if (opts_.dict == Dict::none) return body;
+  if (r.got) {
+    s->dict_written = 0;
+    return r.len;
+  }
+  uint64_t h = 14695981039346656037ULL;  // FNV-1a
+  for (uint32_t i = body; i < r.len; i++) h = (h ^ uint8_t(r.data[i])) * 1099511628211ULL;
+  h |= 1;  // never 0, which means none written
+  if (h == s->dict_written) return body;
+  s->dict_written = h;
+  return r.len;
+}
+
+void Assembler::files_changed() {
+  for (size_t i = 0; i < table_.size(); i++) table_.slots()[i].dict_written = 0;
+}
 
 void Assembler::notice(Sender* s, const timespec& when, const char* text) {
   sender_notice(s, when, text);
 }
 
 void Assembler::text(Sender* s, const char* data, size_t len, const timespec& when) {
-  join_text(s, data, len, when);
-  if (s->partial_len > 0) write_partial(s, nullptr, 0, false);
+  join_text(s, data, len, when, true);
 }
 // ============================================================== netconsole
 
@@ -1942,13 +2144,15 @@ timespec wall_clock() {
 
 constexpr int kMaxListeners = 16;
 
+// No initializers: the listeners live in static storage, zeroed, and the
+// first nlisteners are filled in by create_listener or inherit_listeners.
 struct Listener {
-  int fd = -1;
+  int fd;
   char where[INET6_ADDRSTRLEN + 16];  // "[::]:6666" for messages
-  bool dual_stack = false;
-  bool inherited = false;             // handed in by systemd or a parent
-  int rbuf_granted = 0;
-  uint32_t drops_seen = 0;            // the socket's drop counter when last reported
+  bool dual_stack;
+  bool inherited;                     // handed in by systemd or a parent
+  int rbuf_granted;
+  uint32_t drops_seen;                // the socket's drop counter when last reported
 };
 
 // Formats a socket address as "a.b.c.d:port" or "[v6]:port".
@@ -2487,6 +2691,7 @@ int handle_signals(Server* s) {
     if (si.ssi_signo == SIGHUP) {
       s->out.flush();
       s->sink->reopen(s->clock().tv_sec);
+      s->assembler.files_changed();
     } else if (si.ssi_signo == SIGUSR1) {
       check_all_drops(s);
       report_stats(s, "");
@@ -2519,7 +2724,11 @@ int loop(Server* s) {
       s->ring.large = false;
     }
     int n = wait_for_events(s, busy ? coalesce_ns : 0, events);
-    s->sink->tick(s->clock().tv_sec);
+    time_t now = s->clock().tv_sec, due = s->sink->next_switch();
+    if (due != 0 && now >= due) {  // midnight, or a retry for a vanished dir=
+      s->sink->tick(now);
+      s->assembler.files_changed();
+    }
     int stop = 0;
     busy = false;
     for (int i = 0; i < n; i++) {
@@ -2556,7 +2765,7 @@ int main(int argc, char** argv) {
   for (int fd = 0; fd <= 2; fd++)
     if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", O_RDWR) < 0) break;
   ul::Options opts;
-  char err[256];
+  char err[512];
   switch (ul::parse_options(argc, argv, &opts, err, sizeof err)) {
     case ul::ParseStatus::help:
       fputs(ul::kUsage, stdout);

@@ -28,6 +28,20 @@ enum class Escape { hex, none };
 enum class Ext { automatic, raw };
 enum class StampStyle { classic, iso };  // "2026-11-22 02:04:05" or RFC 3339
 enum class Split { none, host };         // one daily file, or one per sender address
+enum class Eol { automatic, newline, datagram };  // what ends a line besides a newline
+enum class Dict { changes, all, none };  // extended records' KEY=VALUE lines written
+
+// allow=: the networks whose datagrams are taken.  IPv4 networks are kept
+// as v4-mapped IPv6 ones, so one comparison serves both families.
+constexpr unsigned kAllowMax = 64;
+struct AllowList {
+  struct Net {
+    uint64_t addr[2], mask[2];  // the address as two words, in memory order
+  };
+  Net nets[kAllowMax];
+  unsigned count = 0;           // 0: everyone
+  bool allows(const in6_addr& a) const;
+};
 
 struct Options {
   const char* ip = nullptr;  // null: dual-stack any address
@@ -48,6 +62,9 @@ struct Options {
   unsigned files = 64;         // split=host: log files open at once
   unsigned debug = 0;          // 1: trace every datagram on stderr
   unsigned long partials = 4UL << 20;  // bytes all partial lines may hold at once
+  Eol eol = Eol::automatic;    // auto: a syslog datagram ("<N>...") is one message
+  Dict dict = Dict::changes;   // changes: a sender's dictionary only when it changes
+  AllowList allow;
   bool to_stdout() const { return dir[0] == '-' && dir[1] == '\0'; }
 };
 
@@ -171,6 +188,7 @@ struct Stats {
   uint64_t malformed = 0;           // bad extended headers, written as text
   uint64_t kernel_drops = 0;        // datagrams the kernel dropped
   uint64_t flushed_for_memory = 0;  // partial lines written early: partials= reached
+  uint64_t refused = 0;             // datagrams from senders not in allow=
 };
 
 // Who a line is about: the name after the stamp, and the host whose file
@@ -404,6 +422,7 @@ struct Sender {
   char* partial;
   uint32_t partial_len, partial_cap;
   timespec partial_time;       // arrival of its first byte
+  uint64_t dict_written;       // hash of the dictionary last written, 0: none yet
   NetconsoleState nc;
   Origin origin() const { return Origin{&addr, name, name_len}; }
 };
@@ -463,6 +482,10 @@ class Assembler : private NetconsoleEvents {
   // n more datagrams dropped by the kernel (receive buffer full): a notice.
   void kernel_dropped(uint32_t n, const timespec& now);
 
+  // The sink switched to new files (midnight, SIGHUP): each sender's next
+  // record carries its dictionary again, so every file stands on its own.
+  void files_changed();
+
   // Writes "STAMP udplogger: text" into the daemon's log.
   void notice(const timespec& now, const char* fmt, ...)
       __attribute__((format(printf, 3, 4)));
@@ -481,8 +504,10 @@ class Assembler : private NetconsoleEvents {
   Sender* sender_for(const in6_addr& addr, uint16_t port, const timespec& when);
   const Sender* route(const Datagram& d, ExtHeader* h, bool* ext);
   void trace(const Datagram& d, const Sender* s, const ExtHeader* h, const Stats& before);
-  void kernel_drops(uint32_t total, const timespec& now);
-  void join_text(Sender* s, const char* data, size_t len, const timespec& when);
+  void refuse(const Datagram& d);
+  void report_refused(const timespec& now);
+  bool ends_with_datagram(const Sender* s, const char* data, size_t len) const;
+  void join_text(Sender* s, const char* data, size_t len, const timespec& when, bool ends_line);
   void write_line(Sender* s, const timespec& when, const char* a, size_t alen, const char* b,
                   size_t blen, bool newline_in_b, bool b_clean);
   void write_partial(Sender* s, const char* rest, size_t rest_len, bool newline_in_rest);
@@ -491,6 +516,7 @@ class Assembler : private NetconsoleEvents {
   bool resize_partial(Sender* s, size_t cap);
   void release_partial(Sender* s);
   void sender_notice(Sender* s, const timespec& when, const char* text);
+  uint32_t dictionary_shown(Sender* s, const ExtRecord& r);
   // NetconsoleEvents
   void record(Sender* s, const ExtRecord& r) override;
   void notice(Sender* s, const timespec& when, const char* text) override;
@@ -505,6 +531,12 @@ class Assembler : private NetconsoleEvents {
   Netconsole nc_;
   IndexList<Sender, &Sender::pend_prev, &Sender::pend_next> pending_;  // oldest partial first
   size_t partial_bytes_ = 0;        // held by partial-line buffers, at most opts.partials
+  // Refused datagrams (allow=) not yet in a notice, the last refused
+  // sender, and when the next notice may be written (one a minute).
+  uint64_t refused_unreported_ = 0;
+  in6_addr refused_addr_;
+  uint16_t refused_port_ = 0;
+  timespec refused_notice_at_ = {0, 0};
   TraceFn trace_ = nullptr;
 };
 

@@ -216,7 +216,8 @@ TEST_CASE("assembly: exactly wbuf bytes and a newline is one line") {
 TEST_CASE("assembly: control bytes escaped, in partial and complete parts") {
   Core c;
   c.feed("10.0.0.1", 1, std::string("\x1b]0;pwn\x07", 8), T0);
-  c.feed("10.0.0.1", 1, std::string("\0\t\xe6\x97\xa5\r\n", 7), T0);
+  c.feed("10.0.0.1", 1, std::string("\0\t\xe6\x97\xa5\r\r\n", 8), T0);
+  // Only the CR right before the newline is a line end's; the other stays.
   CHECK(c.text() == "2026-11-22 03:00:00 10.0.0.1:1 \\x1b]0;pwn\\x07\\x00\t\xe6\x97\xa5\\x0d\n");
 }
 

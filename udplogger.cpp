@@ -241,7 +241,10 @@ UL_COLD ParseStatus parse_allow(const char* value, Options* o, char* err, size_t
     snprintf(entry, sizeof entry, "%.*s", int(n), p);
     if (!parse_net(entry, &l.nets[l.count], why, sizeof why)) break;
     l.count++;
-    if (!comma) return ParseStatus::ok;
+    if (!comma) {
+      l.given = value;
+      return ParseStatus::ok;
+    }
     p = comma + 1;
   }
   bool long_list = strlen(value) > 60;  // the message names the entry at fault
@@ -386,7 +389,7 @@ size_t escape_text(const char* src, size_t len, char* dst) {
 }
 
 // "YYYY-MM-DD hh:mm:ss " or "YYYY-MM-DDThh:mm:ss.uuuuuu+hh:mm ".
-size_t format_stamp(StampStyle style, const timespec& t, char out[kStampMax + 1]) {
+UL_COLD size_t format_stamp(StampStyle style, const timespec& t, char out[kStampMax + 1]) {
   struct tm tm;
   localtime_r(&t.tv_sec, &tm);
   int year = tm.tm_year + 1900;
@@ -594,7 +597,7 @@ void LineWriter::end() {
 }
 
 // Notices are always escaped and are not counted as lines received.
-void LineWriter::notice(const in6_addr* host, const char* name, size_t name_len,
+UL_COLD void LineWriter::notice(const in6_addr* host, const char* name, size_t name_len,
                         const timespec& when, const char* fmt, ...) {
   char text[512];
   int n = name ? snprintf(text, sizeof text, "%.*s: ", int(name_len), name) : 0;
@@ -610,7 +613,7 @@ void LineWriter::notice(const in6_addr* host, const char* name, size_t name_len,
 
 // Its own stamp, not the cached one: a sink may ask for a notice while a
 // line is being begun.
-size_t LineWriter::format_notice(const timespec& when, const char* text, char* out,
+UL_COLD size_t LineWriter::format_notice(const timespec& when, const char* text, char* out,
                                  size_t len) {
   char st[kStampMax + 1];
   size_t stlen = format_stamp(style_, when, st);
@@ -787,6 +790,7 @@ const Sender* Assembler::route(const Datagram& d, ExtHeader* h, bool* ext) {
   } else if (ends_with_datagram(s, d.data, d.len)) {
     size_t len = d.len;
     while (len > 0 && d.data[len - 1] == '\0') len--;  // C strings sent with their NUL
+    if (len > 0 && d.data[len - 1] == '\r') len--;     // CRLF without the LF
     join_text(s, d.data, len, d.when, true);
   } else {
     join_text(s, d.data, d.len, d.when, false);
@@ -813,7 +817,7 @@ void Assembler::refuse(const Datagram& d) {
   if (timespec_le(refused_notice_at_, d.when)) report_refused(d.when);
 }
 
-void Assembler::report_refused(const timespec& now) {
+UL_COLD void Assembler::report_refused(const timespec& now) {
   char who[kSenderNameMax];
   format_sender(refused_addr_, refused_port_, who);
   lines_.notice(nullptr, nullptr, 0, now,
@@ -880,7 +884,7 @@ Sender* Assembler::sender_for(const in6_addr& addr, uint16_t port, const timespe
   return s;
 }
 
-void Assembler::kernel_dropped(uint32_t n, const timespec& now) {
+UL_COLD void Assembler::kernel_dropped(uint32_t n, const timespec& now) {
   if (n == 0) return;
   add_saturating(&stats_.kernel_drops, n);
   lines_.notice(nullptr, nullptr, 0, now,
@@ -1059,7 +1063,7 @@ timespec Assembler::next_deadline() const {
   return due;
 }
 
-void Assembler::notice(const timespec& now, const char* fmt, ...) {
+UL_COLD void Assembler::notice(const timespec& now, const char* fmt, ...) {
   char text[512];
   va_list ap;
   va_start(ap, fmt);
@@ -1068,7 +1072,7 @@ void Assembler::notice(const timespec& now, const char* fmt, ...) {
   lines_.notice(nullptr, nullptr, 0, now, "%s", text);
 }
 
-void Assembler::sender_notice(Sender* s, const timespec& when, const char* text) {
+UL_COLD void Assembler::sender_notice(Sender* s, const timespec& when, const char* text) {
   lines_.notice(&s->addr, s->name, s->name_len, when, "%s", text);
 }
 
@@ -1250,7 +1254,7 @@ void Netconsole::forget(Sender* s) {
   n.cut_next = 0;
 }
 
-void Netconsole::notice(Sender* s, const timespec& when, const char* fmt, ...) {
+UL_COLD void Netconsole::notice(Sender* s, const timespec& when, const char* fmt, ...) {
   char text[400];
   va_list ap;
   va_start(ap, fmt);
@@ -1891,7 +1895,7 @@ DailyFile::~DailyFile() {
 
 // Points the log at the file for the local date of `now`; on failure keeps
 // the current file (if any) and returns false with *why set.
-bool DailyFile::switch_to(time_t now, char* why, size_t whylen) {
+UL_COLD bool DailyFile::switch_to(time_t now, char* why, size_t whylen) {
   char name[16];
   log_file_name(now, name);
   bool cut = false;
@@ -1952,7 +1956,7 @@ UL_COLD void DailyFile::go_away(time_t now, const char* why) {
 }
 
 // Keeps a batch while DIR is gone, whole or (no room) not at all, counted.
-void DailyFile::keep(const iovec* iov, int iovcnt, WriteLoss* loss) {
+UL_COLD void DailyFile::keep(const iovec* iov, int iovcnt, WriteLoss* loss) {
   static const char kCut[] = "[... line cut here ...]\n";
   size_t bytes = 0, lines = count_lines(iov, iovcnt);
   for (int i = 0; i < iovcnt; i++) bytes += iov[i].iov_len;
@@ -2484,6 +2488,13 @@ UL_COLD int open_signals() {
 
 // "listening on UDP ..., writing ...; options": the start-up line on
 // stdout, the start notice in the log and systemd's status.
+// The word for value i of a keyword option (kWordOptions), for the start-up line.
+UL_COLD const char* word_of(const char* key, int i) {
+  for (const WordOption& w : kWordOptions)
+    if (!strcmp(key, w.key)) return w.words[i];
+  return "?";
+}
+
 UL_COLD void describe_start(const Server& s, char* out, size_t len) {
   const Options& o = s.opts;
   size_t n = size_t(snprintf(out, len, "listening on UDP "));
@@ -2505,11 +2516,12 @@ UL_COLD void describe_start(const Server& s, char* out, size_t len) {
   if (n >= len) return;
   n += size_t(snprintf(out + n, len - n,
                        "; timeout=%u clients=%u wbuf=%u rbuf=%lu (granted %d) escape=%s ext=%s "
-                       "frags=%u perm=%04o stamp=%s split=%s", o.timeout, o.clients, o.wbuf,
-                       o.rbuf, s.listeners[0].rbuf_granted, o.escape == Escape::hex ? "hex" : "none",
-                       o.ext == Ext::raw ? "raw" : "auto", o.frags, o.perm,
-                       o.stamp == StampStyle::iso ? "iso" : "classic",
-                       o.split == Split::host ? "host" : "none"));
+                       "frags=%u perm=%04o stamp=%s split=%s eol=%s dict=%s", o.timeout,
+                       o.clients, o.wbuf, o.rbuf, s.listeners[0].rbuf_granted,
+                       word_of("escape", int(o.escape)), word_of("ext", int(o.ext)), o.frags,
+                       o.perm, word_of("stamp", int(o.stamp)), word_of("split", int(o.split)),
+                       word_of("eol", int(o.eol)), word_of("dict", int(o.dict))));
+  if (n < len && o.allow.count) n += size_t(snprintf(out + n, len - n, " allow=%s", o.allow.given));
   if (n < len && o.split == Split::host) n += size_t(snprintf(out + n, len - n, " files=%u", o.files));
   if (n < len && o.uid >= 0) n += size_t(snprintf(out + n, len - n, " uid=%ld", o.uid));
   if (n < len && o.gid >= 0) n += size_t(snprintf(out + n, len - n, " gid=%ld", o.gid));

@@ -40,6 +40,7 @@ struct AllowList {
   };
   Net nets[kAllowMax];
   unsigned count = 0;           // 0: everyone
+  const char* given = nullptr;  // allow= as given
   bool allows(const in6_addr& a) const;
 };
 

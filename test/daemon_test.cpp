@@ -174,6 +174,25 @@ TEST_CASE("daemon: SIGHUP reopens the log file after it was moved") {
   CHECK(d.stop() == 0);
 }
 
+TEST_CASE("daemon: after SIGHUP the new file has a netconsole sender's dictionary again") {
+  Daemon d;
+  REQUIRE(d.running());
+  Sender s;
+  s.send(d.port_, "6,1,1000,-;one\n nct_host=web1\n");
+  s.send(d.port_, "6,2,2000,-;two\n nct_host=web1\n");
+  REQUIRE(d.wait_log("two"));
+  std::string path = today_log(d);
+  REQUIRE(rename(path.c_str(), (path + ".1").c_str()) == 0);
+  d.signal(SIGHUP);
+  REQUIRE(wait_for([&] { return access(path.c_str(), F_OK) == 0; }));
+  s.send(d.port_, "6,3,3000,-;three\n nct_host=web1\n");
+  s.send(d.port_, "6,4,4000,-;four\n nct_host=web1\n");
+  REQUIRE(wait_for([&] { return read_file(path).find("four") != std::string::npos; }));
+  CHECK(count(read_file(path + ".1"), " nct_host=web1\n") == 1);
+  CHECK(count(read_file(path), " nct_host=web1\n") == 1);
+  CHECK(d.stop() == 0);
+}
+
 TEST_CASE("daemon: a full clients table loses nothing") {
   Daemon d({"clients=10"});
   REQUIRE(d.running());
@@ -283,6 +302,25 @@ TEST_CASE("daemon: the log switches files at local midnight, even when idle") {
   CHECK(read_file(d.dir_ + "/" + names[0]).find("after midnight") == std::string::npos);
   CHECK(read_file(d.dir_ + "/" + names[1]).substr(11, 8) == "00:00:0" +
         read_file(d.dir_ + "/" + names[1]).substr(18, 1));
+}
+
+TEST_CASE("daemon: each daily file has a netconsole sender's dictionary at its first record") {
+  std::string tz = zone_with_midnight_in(3);
+  Daemon d({}, {std::string("TZ=") + tz});
+  REQUIRE(d.running());
+  Sender s;
+  s.send(d.port_, "6,1,1000,-;before\n nct_host=web1\n");
+  s.send(d.port_, "6,2,2000,-;before again\n nct_host=web1\n");
+  REQUIRE(d.wait_log("before again"));
+  REQUIRE(wait_for([&] { return log_names(d.dir_).size() == 2; }, 8));
+  s.send(d.port_, "6,3,3000,-;after\n nct_host=web1\n");
+  s.send(d.port_, "6,4,4000,-;after again\n nct_host=web1\n");
+  auto names = log_names(d.dir_);
+  std::string today = d.dir_ + "/" + names[1];
+  REQUIRE(wait_for([&] { return read_file(today).find("after again") != std::string::npos; }));
+  CHECK(count(read_file(d.dir_ + "/" + names[0]), " nct_host=web1\n") == 1);
+  CHECK(count(read_file(today), " nct_host=web1\n") == 1);
+  CHECK(read_file(today).find("after\n") < read_file(today).find(" nct_host=web1\n"));
 }
 
 // A refused file at midnight: see "sink: a refused file at midnight ..." (fake clock).

@@ -96,9 +96,10 @@ TEST_CASE("eol=datagram: every datagram's end ends a line") {
   c.feed("10.0.0.1", 514, "two\nlines", T0);
   c.feed("10.0.0.1", 514, "ends in a newline\n", T0);
   c.feed("10.0.0.1", 514, std::string("c string\0", 9), T0);
+  c.feed("10.0.0.1", 514, "crlf without the lf\r", T0);
   CHECK(c.asm_.next_deadline().tv_sec == 0);
   CHECK(c.text() == p1 + "plain\n" + p1 + "two\n" + p1 + "lines\n" + p1 +
-                        "ends in a newline\n" + p1 + "c string\n");
+                        "ends in a newline\n" + p1 + "c string\n" + p1 + "crlf without the lf\n");
 }
 
 TEST_CASE("eol=datagram: extended netconsole is still records") {
@@ -115,8 +116,12 @@ TEST_CASE("CRLF: the CR before a newline is dropped, any other CR is escaped") {
     c.feed("10.0.0.1", 514, "a\rb\r\r\n", T0);
     c.feed("10.0.0.1", 514, "\x01 control first\r\n", T0);
     c.feed("10.0.0.1", 514, "<13>syslog\r\n", T0);
+    c.feed("10.0.0.1", 514, "<13>syslog, no LF\r", T0);
+    c.asm_.expire(at(T0 + 10));
     CHECK(c.text() == p1 + "one\n" + p1 + "two\n" + p1 + "a\\x0db\\x0d\n" + p1 +
-                          "\\x01 control first\n" + p1 + "<13>syslog\n");
+                          "\\x01 control first\n" + p1 + "<13>syslog\n" + p1 +
+                          (std::string(eol) == "eol=newline" ? "<13>syslog, no LF\\x0d\n"
+                                                             : "<13>syslog, no LF\n"));
   }
 }
 

@@ -22,7 +22,7 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 
-TEST_SOURCES = test/main.cpp test/core_test.cpp test/daemon_test.cpp test/netconsole_test.cpp test/output_test.cpp test/systemd_test.cpp test/package_test.cpp test/reliability_test.cpp test/senders_test.cpp test/helpers.cpp test/netconsole.cpp
+TEST_SOURCES = test/main.cpp test/core_test.cpp test/daemon_test.cpp test/netconsole_test.cpp test/output_test.cpp test/systemd_test.cpp test/package_test.cpp test/reliability_test.cpp test/senders_test.cpp test/clients_test.cpp test/helpers.cpp test/netconsole.cpp
 
 .PHONY: all check check-asan bench clean install uninstall dist static rpm fuzz lint
 

@@ -72,6 +72,11 @@ const char kUsage[] =
     "  split=none|host  one daily file (default), or DIR/ADDR/ per sender address\n"
     "  files=N      split=host: log files open at once, 1..65536 (default 64)\n"
     "  partials=N   bytes all partial lines may hold, 65536..1073741824 (default 4194304)\n"
+    "  eol=auto|newline|datagram  what ends a line besides a newline: a syslog\n"
+    "               datagram's end (default), nothing (as 1.1), every datagram's end\n"
+    "  dict=changes|all|none  extended netconsole KEY=value lines: when they\n"
+    "               change (default), after every record, never\n"
+    "  allow=CIDR[,CIDR...]  take datagrams only from these networks\n"
     "  debug=0|1    trace every datagram on stderr: sender, length, what became of it\n"
     "  --help, --version\n"
     "Every key=value may also be written --key=value or --key value.\n";

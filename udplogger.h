@@ -20,7 +20,7 @@
 
 namespace ul {
 
-constexpr const char kVersion[] = "2.1";  // the one place the version is set
+constexpr const char kVersion[] = "2.2";  // the one place the version is set
 
 // ---------------------------------------------------------------- options
 

@@ -24,6 +24,10 @@ work=$(mktemp -d /tmp/udplogger-bench.XXXXXX)
 results=$work/results
 : >"$results"
 port=$((30000 + $$ % 20000))
+# 16 networks for allow=, loopback last.
+allow16="allow=10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,192.0.2.0/24,198.51.100.0/24"
+allow16="$allow16,203.0.113.0/24,169.254.0.0/16,2001:db8::/32,fd00::/8,fe80::/10,2001:db8:1::/48"
+allow16="$allow16,2001:db8:2::/48,2001:db8:3::/48,::1,127.0.0.0/8"
 
 have() { command -v "$1" >/dev/null 2>&1; }
 receivers="null udplogger plain"
@@ -64,6 +68,7 @@ start_receiver() {
     null) "$bin/nullrecv" "$p" 8388608 >"$d/null.out" 2>&1 & ;;
     plain) "$bin/nullrecv" "$p" 8388608 "$d/plain.log" >"$d/null.out" 2>&1 & ;;
     udplogger) "$top/udplogger" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
+    allow16) "$top/udplogger" port="$p" dir="$d" $extra "$allow16" >"$d/ul.out" 2>&1 & ;;
     baseline) "$BENCH_BASELINE" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
     socat) socat -u UDP6-RECV:"$p",rcvbuf=8388608 OPEN:"$d/socat.log",creat,append >"$d/socat.out" 2>&1 & ;;
     rsyslog)
@@ -85,7 +90,7 @@ received() {
   case $r in
     null) awk '/received/ { print $3 }' "$d/null.out" ;;
     plain) grep -cE '(^| )seq=[0-9]{10} ' "$d/plain.log" 2>/dev/null || echo 0 ;;
-    udplogger|baseline) cat "$d"/*.log 2>/dev/null | grep -cE '(^| )seq=[0-9]{10} ' ;;
+    udplogger|baseline|allow16) cat "$d"/*.log 2>/dev/null | grep -cE '(^| )seq=[0-9]{10} ' ;;
     socat) grep -cE '(^| )seq=[0-9]{10} ' "$d/socat.log" 2>/dev/null || echo 0 ;;
     rsyslog) grep -cE '(^| )seq=[0-9]{10} ' "$d/rsyslog.log" 2>/dev/null || echo 0 ;;
   esac
@@ -139,14 +144,22 @@ run_scenario() {
   [ -z "${BENCH_ONLY:-}" ] || [[ " $BENCH_ONLY " == *" $name "* ]] || return 0
   [ -n "${BENCH_BASELINE:-}" ] && [[ " $only " != *" baseline "* ]] && only="$only baseline"
   echo "bench: $name ($reps runs each: $only)" >&2
-  for rep in $(seq "$reps"); do
-    for r in $only; do measure "$name" "$r" "$gen" "$lines" "$dgrams" "$extra"; done
+  local reversed=""
+  for r in $only; do reversed="$r $reversed"; done
+  for rep in $(seq "$reps"); do  # every other run in reverse order: no receiver always goes first
+    local order=$only
+    [ $((rep % 2)) = 0 ] && order=$reversed
+    for r in $order; do measure "$name" "$r" "$gen" "$lines" "$dgrams" "$extra"; done
   done
 }
 
 run_scenario paced-16 "count=$count senders=16 rate=$rate" "$count" "$count" ""
 run_scenario paced-1000 "count=$count senders=1000 rate=$rate distinct=1" "$count" "$count" "clients=20000"
 run_scenario paced-10000 "count=$count senders=10000 rate=$rate distinct=1" "$count" "$count" "clients=20000"
+# The cost of allow=: the paced-1000 load, udplogger without a list and
+# with 16 networks (the sender in the last), runs interleaved.
+run_scenario allow-16 "count=$count senders=1000 rate=$rate distinct=1" "$count" "$count" \
+  "clients=20000" "udplogger allow16"
 frag_msgs=$((count / 6))
 run_scenario ext-frag "count=$frag_msgs senders=16 rate=$((rate / 3)) mode=frag" \
   "$frag_msgs" $((frag_msgs * 3)) "" "null udplogger"
@@ -191,6 +204,11 @@ targets() {
     [ -n "$ratio" ] || continue
     awk -v r="$ratio" -v s="$s" 'BEGIN { printf "  %s CPU per datagram <= 1.05x null: %sx %s\n", s, r, (r <= 1.05 ? "PASS" : "FAIL") }'
   done
+  local with without
+  with=$(awk -F'|' '$2 == " allow-16 " && $3 == " allow16 " { print $4 + 0 }' "$table")
+  without=$(awk -F'|' '$2 == " allow-16 " && $3 == " udplogger " { print $4 + 0 }' "$table")
+  [ -n "$with" ] && [ -n "$without" ] && awk -v a="$with" -v b="$without" 'BEGIN {
+    printf "  allow= with 16 networks: %d vs %d ns/datagram without (%.2fx)\n", a, b, a / b }'
   local ul nl
   ul=$(awk -F'|' '$2 == " burst " && $3 == " udplogger " { print $6 + 0 }' "$table")
   nl=$(awk -F'|' '$2 == " burst " && $3 == " null " { print $6 + 0 }' "$table")

@@ -18,6 +18,17 @@ constexpr time_t T0 = 1795316400;
 
 inline timespec at(time_t sec, long nsec = 0) { return timespec{sec, nsec}; }
 
+// Runs parse_options on args (without the program name); *err gets its message.
+inline ul::ParseStatus parse(std::vector<const char*> args, ul::Options* o,
+                             std::string* err = nullptr) {
+  args.insert(args.begin(), "udplogger");
+  char buf[512];
+  ul::ParseStatus st = ul::parse_options(int(args.size()), const_cast<char**>(args.data()), o,
+                                         buf, sizeof buf);
+  if (err) *err = buf;
+  return st;
+}
+
 inline in6_addr v4(const char* ip) {
   in6_addr a = {};
   a.s6_addr[10] = a.s6_addr[11] = 0xff;

@@ -13,19 +13,6 @@
 using ul::Options;
 using ul::ParseStatus;
 
-namespace {
-
-ParseStatus parse(std::vector<const char*> args, Options* o, std::string* err = nullptr) {
-  args.insert(args.begin(), "udplogger");
-  char buf[256];
-  ParseStatus st = ul::parse_options(int(args.size()), const_cast<char**>(args.data()),
-                                     o, buf, sizeof buf);
-  if (err) *err = buf;
-  return st;
-}
-
-}  // namespace
-
 TEST_CASE("options: defaults are udplogger 1.1's") {
   Options o;
   CHECK(parse({}, &o) == ParseStatus::ok);

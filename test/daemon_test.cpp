@@ -25,12 +25,6 @@ std::string today_log(const Daemon& d) {
   return names.empty() ? "" : d.dir_ + "/" + names.back();
 }
 
-size_t count(const std::string& text, const std::string& what) {
-  size_t n = 0;
-  for (size_t p = text.find(what); p != std::string::npos; p = text.find(what, p + 1)) n++;
-  return n;
-}
-
 // The log without udplogger's own notices (whose text includes the
 // start-up line, with a random temporary path).
 std::string data_lines(const std::string& log) {
@@ -134,11 +128,11 @@ TEST_CASE("daemon: lines split across datagrams and several lines per datagram")
   REQUIRE(d.wait_log("third\n"));
   std::string log = d.log();
   std::string pa = " 127.0.0.1:" + std::to_string(a.port()) + " ";
-  CHECK(count(log, pa + "first half\n") == 1);
-  CHECK(count(log, pa + "second\n") == 1);
-  CHECK(count(log, pa + "third\n") == 1);
-  CHECK(count(log, "other sender\n") == 1);
-  CHECK(count(log, "\n") == 4 + 1);  // and the start notice
+  CHECK(count_of(log, pa + "first half\n") == 1);
+  CHECK(count_of(log, pa + "second\n") == 1);
+  CHECK(count_of(log, pa + "third\n") == 1);
+  CHECK(count_of(log, "other sender\n") == 1);
+  CHECK(count_of(log, "\n") == 4 + 1);  // and the start notice
 }
 
 TEST_CASE("daemon: SIGTERM and SIGINT write every partial line and exit 0") {
@@ -151,8 +145,8 @@ TEST_CASE("daemon: SIGTERM and SIGINT write every partial line and exit 0") {
     REQUIRE(d.wait_log("done\n"));
     CHECK(d.stop(sig) == 0);
     std::string log = d.log();
-    CHECK(count(log, "unfinished a\n") == 1);
-    CHECK(count(log, "unfinished b\n") == 1);
+    CHECK(count_of(log, "unfinished a\n") == 1);
+    CHECK(count_of(log, "unfinished b\n") == 1);
   }
 }
 
@@ -170,7 +164,7 @@ TEST_CASE("daemon: SIGHUP reopens the log file after it was moved") {
   s.send(d.port_, " finished\n");
   REQUIRE(wait_for([&] { return read_file(path).find("finished\n") != std::string::npos; }));
   CHECK(read_file(path + ".1").find("before rotation\n") != std::string::npos);
-  CHECK(count(read_file(path), "partial across rotation finished\n") == 1);
+  CHECK(count_of(read_file(path), "partial across rotation finished\n") == 1);
   CHECK(d.stop() == 0);
 }
 
@@ -188,8 +182,8 @@ TEST_CASE("daemon: after SIGHUP the new file has a netconsole sender's dictionar
   s.send(d.port_, "6,3,3000,-;three\n nct_host=web1\n");
   s.send(d.port_, "6,4,4000,-;four\n nct_host=web1\n");
   REQUIRE(wait_for([&] { return read_file(path).find("four") != std::string::npos; }));
-  CHECK(count(read_file(path + ".1"), " nct_host=web1\n") == 1);
-  CHECK(count(read_file(path), " nct_host=web1\n") == 1);
+  CHECK(count_of(read_file(path + ".1"), " nct_host=web1\n") == 1);
+  CHECK(count_of(read_file(path), " nct_host=web1\n") == 1);
   CHECK(d.stop() == 0);
 }
 
@@ -207,7 +201,7 @@ TEST_CASE("daemon: a full clients table loses nothing") {
   CHECK(d.log().find("partial-15\n") == std::string::npos);
   CHECK(d.stop() == 0);
   std::string log = d.log();
-  for (int i = 0; i < 25; i++) CHECK(count(log, "partial-" + std::to_string(i) + "\n") == 1);
+  for (int i = 0; i < 25; i++) CHECK(count_of(log, "partial-" + std::to_string(i) + "\n") == 1);
 }
 
 TEST_CASE("daemon: control bytes are escaped, UTF-8 and tabs kept; escape=none is raw") {
@@ -243,18 +237,18 @@ TEST_CASE("daemon: long lines in wbuf pieces; 64 KiB and empty datagrams") {
   s.send(d.port_, "after\n");
   REQUIRE(d.wait_log("after\n"));
   std::string log = d.log();
-  CHECK(count(log, " " + std::string(1024, 'L') + "\n") == 2);
-  CHECK(count(log, " " + std::string(952, 'L') + "\n") == 1);
-  CHECK(count(log, " " + std::string(1024, 'B') + "\n") == 63);
-  CHECK(count(log, " " + std::string(994, 'B') + "\n") == 1);
-  CHECK(count(data_lines(log), "B") == 65506);
+  CHECK(count_of(log, " " + std::string(1024, 'L') + "\n") == 2);
+  CHECK(count_of(log, " " + std::string(952, 'L') + "\n") == 1);
+  CHECK(count_of(log, " " + std::string(1024, 'B') + "\n") == 63);
+  CHECK(count_of(log, " " + std::string(994, 'B') + "\n") == 1);
+  CHECK(count_of(data_lines(log), "B") == 65506);
 
   Daemon whole({"wbuf=1048576"});
   REQUIRE(whole.running());
   for (int i = 0; i < 100; i++) s.send(whole.port_, big);
   s.send(whole.port_, "after\n");
   REQUIRE(whole.wait_log("after\n"));
-  CHECK(count(whole.log(), " " + std::string(65506, 'B') + "\n") == 100);
+  CHECK(count_of(whole.log(), " " + std::string(65506, 'B') + "\n") == 100);
 }
 
 TEST_CASE("daemon: timestamps are the kernel's arrival time, not the loop's") {
@@ -318,8 +312,8 @@ TEST_CASE("daemon: each daily file has a netconsole sender's dictionary at its f
   auto names = log_names(d.dir_);
   std::string today = d.dir_ + "/" + names[1];
   REQUIRE(wait_for([&] { return read_file(today).find("after again") != std::string::npos; }));
-  CHECK(count(read_file(d.dir_ + "/" + names[0]), " nct_host=web1\n") == 1);
-  CHECK(count(read_file(today), " nct_host=web1\n") == 1);
+  CHECK(count_of(read_file(d.dir_ + "/" + names[0]), " nct_host=web1\n") == 1);
+  CHECK(count_of(read_file(today), " nct_host=web1\n") == 1);
   CHECK(read_file(today).find("after\n") < read_file(today).find(" nct_host=web1\n"));
 }
 
@@ -496,7 +490,7 @@ TEST_CASE("daemon: memory is bounded by options, not by traffic or senders") {
     if (round == 1) CHECK(std::stol(status_field(d.pid_, "VmData")) == data_before);
   }
   CHECK(d.stop() == 0);
-  CHECK(count(d.log(), " partial " + std::string(92, 'p') + "\n") == 5000);
+  CHECK(count_of(d.log(), " partial " + std::string(92, 'p') + "\n") == 5000);
 }
 
 // ---------------------------------------------------------------- outputs
@@ -589,15 +583,15 @@ TEST_CASE("daemon: split=host writes DIR/ADDR/ files, at most files= open, own n
   for (int i = 1; i <= 20; i++) {
     std::string log = host_log("127.3.0." + std::to_string(i));
     for (int round = 0; round < 3; round++)
-      CHECK(count(log, " 127.3.0." + std::to_string(i) + ":" + std::to_string(senders[size_t(i - 1)]->port()) +
+      CHECK(count_of(log, " 127.3.0." + std::to_string(i) + ":" + std::to_string(senders[size_t(i - 1)]->port()) +
                            " round " + std::to_string(round) + " from " + std::to_string(i - 1) + "\n") == 1);
     CHECK(log.find("udplogger:") == std::string::npos);
   }
-  CHECK(count(host_log(last), v6 ? " [::1]:" : " 127.3.0.21:") == 3);
+  CHECK(count_of(host_log(last), v6 ? " [::1]:" : " 127.3.0.21:") == 3);
   std::string own = read_file(d.dir_ + "/" + day);
-  CHECK(count(own, "udplogger: statistics: datagrams=63 ") == 1);  // SIGUSR1
-  CHECK(count(own, "udplogger: stopped by SIGTERM; statistics: datagrams=63 ") == 1);
-  CHECK(count(own, "udplogger: started (version 2.") == 1);
+  CHECK(count_of(own, "udplogger: statistics: datagrams=63 ") == 1);  // SIGUSR1
+  CHECK(count_of(own, "udplogger: stopped by SIGTERM; statistics: datagrams=63 ") == 1);
+  CHECK(count_of(own, "udplogger: started (version 2.") == 1);
   CHECK(own.find(" round ") == std::string::npos);
   struct stat st;
   REQUIRE(stat((d.dir_ + "/127.3.0.1").c_str(), &st) == 0);

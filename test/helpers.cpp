@@ -218,6 +218,12 @@ Command run_command(const std::string& cmd) {
   return c;
 }
 
+size_t count_of(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t p = text.find(what); p != std::string::npos; p = text.find(what, p + 1)) n++;
+  return n;
+}
+
 bool have_program(const char* name) {
   return run_command(std::string("command -v ") + name).status == 0;
 }

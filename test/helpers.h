@@ -105,6 +105,9 @@ bool have_program(const char* name);
 // The datagrams the "N datagrams dropped by the kernel" notices of a log add up to.
 size_t kernel_drops_in(const std::string& log);
 
+// How many times `what` occurs in text.
+size_t count_of(const std::string& text, const std::string& what);
+
 // A string as one piece of a batch of log text.
 inline iovec piece(const char* s) { return iovec{const_cast<char*>(s), strlen(s)}; }
 

@@ -141,12 +141,6 @@ std::string rec(uint64_t seq, const std::string& body, const std::string& releas
          body + "\n";
 }
 
-size_t count_of(const std::string& text, const std::string& what) {
-  size_t n = 0;
-  for (size_t p = text.find(what); p != std::string::npos; p = text.find(what, p + 1)) n++;
-  return n;
-}
-
 // A record of n escaped bytes cut into fragments of `size`.
 std::vector<std::string> fragments_of(uint64_t seq, const std::string& text, size_t size) {
   std::vector<std::string> out;

@@ -31,12 +31,6 @@ std::string joined(const std::vector<std::pair<std::string, std::string>>& v) {
   return s;
 }
 
-size_t count_of(const std::string& text, const std::string& what) {
-  size_t n = 0;
-  for (size_t p = text.find(what); p != std::string::npos; p = text.find(what, p + 1)) n++;
-  return n;
-}
-
 }  // namespace
 
 TEST_CASE("line: notices and data lines share one prefix: stamp, name, space") {

@@ -27,12 +27,6 @@ size_t test_notice(void*, const timespec& when, const char* text, char* out, siz
 timespec test_clock() { return at(T0 + 7); }
 const ul::NoticeMaker kNotices = {test_notice, nullptr, test_clock};
 
-size_t count_of(const std::string& text, const std::string& what) {
-  size_t n = 0;
-  for (size_t p = text.find(what); p != std::string::npos; p = text.find(what, p + 1)) n++;
-  return n;
-}
-
 }  // namespace
 
 TEST_CASE("write errors: lines counted by cause; when writing works again a notice comes first") {

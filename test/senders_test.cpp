@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core_harness.h"
+#include "helpers.h"
 #include "netconsole.h"
 #include "udplogger.h"
 
@@ -16,25 +17,10 @@ namespace {
 
 const std::string p1 = "2026-11-22 03:00:00 10.0.0.1:514 ";
 
-ParseStatus parse(std::vector<const char*> args, Options* o, std::string* err = nullptr) {
-  args.insert(args.begin(), "udplogger");
-  char buf[512];
-  ParseStatus st = ul::parse_options(int(args.size()), const_cast<char**>(args.data()), o, buf,
-                                     sizeof buf);
-  if (err) *err = buf;
-  return st;
-}
-
 Options with(std::vector<const char*> args) {
   Options o;
   REQUIRE(parse(std::move(args), &o) == ParseStatus::ok);
   return o;
-}
-
-size_t count(const std::string& text, const std::string& what) {
-  size_t n = 0;
-  for (size_t p = text.find(what); p != std::string::npos; p = text.find(what, p + 1)) n++;
-  return n;
 }
 
 }  // namespace
@@ -185,11 +171,11 @@ TEST_CASE("dict: each sender has its own, and a new sender in a reused slot star
   for (int port = 1; port <= 11; port++)
     c.feed(v4("10.0.0.1"), uint16_t(port), record(1, "hi"), at(T0));
   // 11 senders through 10 slots: each first record carries its dictionary.
-  CHECK(count(c.text(), " nct_host=web1\n") == 11);
+  CHECK(count_of(c.text(), " nct_host=web1\n") == 11);
   c.feed(v4("10.0.0.1"), 1, record(2, "again"), at(T0));  // port 1 was pushed out
-  CHECK(count(c.text(), " nct_host=web1\n") == 12);
+  CHECK(count_of(c.text(), " nct_host=web1\n") == 12);
   c.feed(v4("10.0.0.1"), 1, record(3, "again"), at(T0));
-  CHECK(count(c.text(), " nct_host=web1\n") == 12);
+  CHECK(count_of(c.text(), " nct_host=web1\n") == 12);
 }
 
 TEST_CASE("dict=all writes every copy, dict=none none") {
@@ -199,8 +185,8 @@ TEST_CASE("dict=all writes every copy, dict=none none") {
     all.feed("10.0.0.1", 514, record(seq, "x"), T0);
     none.feed("10.0.0.1", 514, record(seq, "x"), T0);
   }
-  CHECK(count(all.text(), " nct_host=web1\n") == 3);
-  CHECK(count(all.text(), " nct_run=r1\n") == 3);
+  CHECK(count_of(all.text(), " nct_host=web1\n") == 3);
+  CHECK(count_of(all.text(), " nct_run=r1\n") == 3);
   CHECK(none.text() == rec_line(1, "x") + rec_line(2, "x") + rec_line(3, "x"));
 }
 
@@ -231,15 +217,15 @@ TEST_CASE("dict: Linux 6.12 configfs userdata once per sender, not after every r
   }
   dflt.asm_.expire(at(T0), true);
   all.asm_.expire(at(T0), true);
-  size_t every = count(all.text(), " nct_host=");
-  size_t changed = count(dflt.text(), " nct_host=");
+  size_t every = count_of(all.text(), " nct_host=");
+  size_t changed = count_of(dflt.text(), " nct_host=");
   MESSAGE("6.12-configfs: nct_host= lines with dict=all " << every << ", by default " << changed);
   CHECK(every > 1000);
   // The first record, and the two records around the one the kernel cut
   // at 2048 bytes, whose userdata ends up in its text.
   CHECK(changed <= 3);
   // Every record's text is still there.
-  CHECK(count(dflt.text(), "nct:") == count(all.text(), "nct:"));
+  CHECK(count_of(dflt.text(), "nct:") == count_of(all.text(), "nct:"));
 }
 
 // ------------------------------------------------------------------ allow=
@@ -329,7 +315,7 @@ TEST_CASE("allow=: the refused count is written at exit") {
   c.feed("10.0.0.1", 514, "no\n", T0);
   c.feed("10.0.0.1", 514, "no\n", T0);
   c.asm_.expire(at(T0 + 5), true);
-  CHECK(count(c.text(), "udplogger: refused 1 datagram ") == 2);
+  CHECK(count_of(c.text(), "udplogger: refused 1 datagram ") == 2);
 }
 
 TEST_CASE("eol= and dict= name what they allow") {

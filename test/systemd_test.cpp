@@ -22,12 +22,6 @@
 
 namespace {
 
-size_t count_of(const std::string& text, const std::string& what) {
-  size_t n = 0;
-  for (size_t p = text.find(what); p != std::string::npos; p = text.find(what, p + 1)) n++;
-  return n;
-}
-
 // A UDP socket on 127.0.0.1 and a free port, as systemd's .socket unit
 // would hold it.
 int held_socket(int* port) {

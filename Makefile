@@ -98,10 +98,16 @@ lint:
 	clang-tidy --quiet udplogger.cpp -- -std=c++17 -fno-exceptions
 
 # The benchmark against a null receiver and the peers; see README.md.
-bench: udplogger test/bench/loadgen test/bench/nullrecv
+bench: udplogger test/bench/loadgen test/bench/nullrecv test/bench/latency
 	bash test/bench/run.sh
 
-test/bench/loadgen test/bench/nullrecv: %: %.cpp
+test/bench/latency: test/bench/latency.cpp
+	$(CXX) -std=c++17 -O2 $(WARNINGS) $(CXXFLAGS) -pthread -o $@ $<
+
+test/bench/nullrecv: test/bench/nullrecv.cpp udplogger.cpp udplogger.h
+	$(CXX) -std=c++17 -O2 $(WARNINGS) -I. $(CXXFLAGS) -DUDPLOGGER_NO_MAIN -o $@ test/bench/nullrecv.cpp udplogger.cpp
+
+test/bench/loadgen: %: %.cpp
 	$(CXX) -std=c++17 -O2 $(WARNINGS) $(CXXFLAGS) -o $@ $<
 
 # The units name the binary where it is installed.
@@ -137,4 +143,4 @@ rpm: dist
 
 clean:
 	rm -rf rpmbuild test/fuzz/work test/fuzz/fuzz-core test/fuzz/fuzz-raw test/fuzz/seed
-	rm -f udplogger udplogger-static udplogger-*.tar.gz test/run-tests test/run-tests-asan test/udplogger-asan test/*.o test/run-tests.log test/bench/loadgen test/bench/nullrecv
+	rm -f udplogger udplogger-static udplogger-*.tar.gz test/run-tests test/run-tests-asan test/udplogger-asan test/*.o test/run-tests.log test/bench/loadgen test/bench/nullrecv test/bench/latency

@@ -8,6 +8,7 @@
 //                  birthplace of every log line
 //   senders        SenderTable: slots, hash, least recently heard
 //   assembly       Assembler: routes each Datagram, joins text into lines
+//   pacing         Pacer: the loop's pause under load, from the arrival rate
 //   netconsole     extended header parsing, Netconsole (SEQ, msgid,
 //                  reassembly) and RecordWriter (a record as lines)
 // The shell does the I/O:
@@ -1139,6 +1140,21 @@ void Assembler::notice(Sender* s, const timespec& when, const char* text) {
 void Assembler::text(Sender* s, const char* data, size_t len, const timespec& when) {
   join_text(s, data, len, when, true);
 }
+// ================================================================== pacing
+
+long Pacer::woke(uint64_t n, int64_t now_ns) {
+  count_ += n;
+  int64_t span = now_ns - since_;
+  if (span >= kWindowNs) {
+    rate_ = uint64_t(double(count_) * 1e9 / double(span));
+    count_ = 0;
+    since_ = now_ns;
+  }
+  if (n == 0 || rate_ < kMinRate) return 0;
+  long pause = long(kGather * 1000000000 / rate_);
+  return pause < max_pause_ ? pause : max_pause_;
+}
+
 // ============================================================== netconsole
 
 namespace {
@@ -2126,8 +2142,8 @@ namespace {
 constexpr int kBatch = 64;             // datagrams per recvmmsg
 constexpr size_t kSlotBytes = 65536;   // room for the largest UDP datagram
 constexpr int kBatchesPerWake = 64;    // then look at timers and signals
+constexpr uint64_t kQueued = 16;       // datagrams found at once that make a queue
 constexpr size_t kArenaBytes = size_t(256) * 1024;
-constexpr long kCoalesceMaxNs = 5000000;  // a batch gathers for up to 5 ms, under load
 constexpr int kStopDrainSeconds = 3;      // at stop, the queue is read for at most this
 // SO_MEMINFO's array (linux/sock_diag.h, a stable ABI; not in musl's headers).
 constexpr int kMeminfoDrops = 8, kMeminfoVars = 9;
@@ -2470,6 +2486,12 @@ size_t notice_for_sink(void* ctx, const timespec& when, const char* text, char* 
   return static_cast<Assembler*>(ctx)->format_notice(when, text, out, len);
 }
 
+int64_t monotonic_ns() {
+  timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return int64_t(t.tv_sec) * 1000000000 + t.tv_nsec;
+}
+
 int milliseconds_until(const timespec& due, const timespec& now) {
   long long ms = (long long)(due.tv_sec - now.tv_sec) * 1000 +
                  (due.tv_nsec - now.tv_nsec) / 1000000 + 1;
@@ -2624,13 +2646,14 @@ UL_COLD void report_stats(Server* s, const char* why) {
 // Waits for datagrams, signals, the next timeout or midnight.  Under load
 // (pause_ns > 0) it first pauses: waking for every datagram or two costs
 // more than the datagrams themselves, so a batch gathers.  Arrival times
-// are the kernel's, so no line's time changes.
-int wait_for_events(Server* s, long pause_ns, epoll_event* events) {
+// are the kernel's, so no line's time changes.  While busy it only looks,
+// so that the loop sees itself go idle.
+int wait_for_events(Server* s, long pause_ns, bool busy, epoll_event* events) {
   int timeout = 0;
   if (pause_ns > 0) {
     timespec pause = {0, pause_ns};
     nanosleep(&pause, nullptr);
-  } else {
+  } else if (!busy) {
     timespec due = s->assembler.next_deadline();
     time_t midnight = s->sink->next_switch();
     if (midnight != 0 && (due.tv_sec == 0 || midnight < due.tv_sec)) due = timespec{midnight, 0};
@@ -2642,16 +2665,17 @@ int wait_for_events(Server* s, long pause_ns, epoll_event* events) {
 }
 
 // Reads batches until the socket is empty (or a bound, to stay responsive);
-// returns true when more than one datagram was waiting: the loop is busy.
-bool drain_socket(Server* s, Listener* l) {
-  int total = 0;
+// returns the datagrams read, *drained false when some are still queued.
+uint64_t drain_socket(Server* s, Listener* l, bool* drained) {
+  uint64_t total = 0;
   for (int b = 0; b < kBatchesPerWake; b++) {
     int got = receive_batch(l, &s->ring, &s->assembler, s->clock);
     s->out.flush();  // the ring is reused by the next batch
-    total += got;
-    if (got < kBatch) return total > 1;
+    total += uint64_t(got);
+    if (got < kBatch) return total;
   }
-  return false;  // not drained: look again at once
+  *drained = false;  // look again at once
+  return total;
 }
 
 // The socket's own drop counter (SO_MEMINFO), read without waiting for a
@@ -2723,13 +2747,15 @@ int handle_signals(Server* s) {
 // and timers to their handlers.  Returns the exit status.
 int loop(Server* s) {
   epoll_event events[kMaxListeners + 1];
-  // The pause lets arrivals at ~100k datagrams/s (~1 KiB of buffer each)
+  // A pause lets arrivals at ~100k datagrams/s (~1 KiB of buffer each)
   // fill at most a quarter of the smallest receive buffer.
-  long coalesce_ns = kCoalesceMaxNs;
+  long max_pause_ns = Pacer::kMaxPauseNs;
   for (int i = 0; i < s->nlisteners; i++)
-    if (long(s->listeners[i].rbuf_granted) / 400 * 1000 < coalesce_ns)
-      coalesce_ns = long(s->listeners[i].rbuf_granted) / 400 * 1000;
-  bool busy = false;  // the last wakeup found more than one datagram
+    if (long(s->listeners[i].rbuf_granted) / 400 * 1000 < max_pause_ns)
+      max_pause_ns = long(s->listeners[i].rbuf_granted) / 400 * 1000;
+  Pacer pacer(max_pause_ns);
+  long pause_ns = 0;
+  bool busy = false;  // the last wakeup found a queue
   bool was_busy = false;
   for (;;) {
     // The kernel drops only while the loop is behind, that is busy: when it
@@ -2740,19 +2766,23 @@ int loop(Server* s) {
       madvise(s->ring.data, kBatch * kSlotBytes, MADV_DONTNEED);
       s->ring.large = false;
     }
-    int n = wait_for_events(s, busy ? coalesce_ns : 0, events);
+    int n = wait_for_events(s, pause_ns, busy, events);
     time_t now = s->clock().tv_sec, due = s->sink->next_switch();
     if (due != 0 && now >= due) {  // midnight, or a retry for a vanished dir=
       s->sink->tick(now);
       s->assembler.files_changed();
     }
     int stop = 0;
-    busy = false;
+    uint64_t got = 0;
+    bool drained = true;
     for (int i = 0; i < n; i++) {
       int which = int(events[i].data.u32);
-      if (which < s->nlisteners) busy |= drain_socket(s, &s->listeners[which]);
+      if (which < s->nlisteners) got += drain_socket(s, &s->listeners[which], &drained);
       else stop = handle_signals(s);
     }
+    long pause = pacer.woke(got, monotonic_ns());
+    pause_ns = drained ? pause : 0;  // not drained: look again at once
+    busy = got >= kQueued || !drained;
     if (s->sink->gone()) {
       warn("standard output was closed (EPIPE): the reader went away; exiting");
       return 0;

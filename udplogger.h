@@ -541,6 +541,33 @@ class Assembler : private NetconsoleEvents {
   TraceFn trace_ = nullptr;
 };
 
+// ------------------------------------------------------------------ pacing
+
+// How long the loop sleeps before it looks at a busy socket again, from
+// the arrival rate.  A wakeup costs more than the few datagrams it finds
+// at a few thousand a second, so at high rates the loop sleeps while a
+// batch gathers (the kernel's arrival stamps keep line times true); at low
+// rates it does not sleep at all, so a line is on disk at once.
+class Pacer {
+ public:
+  static constexpr long kMaxPauseNs = 5000000;    // never more than 5 ms
+  static constexpr uint64_t kGather = 64;         // datagrams a pause lets gather
+  static constexpr uint64_t kMinRate = 8000;      // datagrams/s below which it never sleeps
+  static constexpr int64_t kWindowNs = 20000000;  // the rate is measured over 20 ms
+
+  explicit Pacer(long max_pause_ns = kMaxPauseNs) : max_pause_(max_pause_ns) {}
+  // A wakeup at now_ns (a monotonic clock) found n datagrams; returns how
+  // long to sleep before the next look, 0 for none.
+  long woke(uint64_t n, int64_t now_ns);
+  uint64_t rate() const { return rate_; }  // datagrams/s, as last measured
+
+ private:
+  long max_pause_;
+  int64_t since_ = 0;   // start of the current window
+  uint64_t count_ = 0;  // datagrams in it
+  uint64_t rate_ = 0;
+};
+
 // ============================================================ shell seams
 // Declared here so the tests can drive them; they live in the shell part
 // of udplogger.cpp and do I/O.

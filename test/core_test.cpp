@@ -288,3 +288,29 @@ TEST_CASE("options: keyword options name the words they allow") {
   CHECK(parse({"frags=3"}, &o, &err) == ParseStatus::value_error);
   CHECK(err == "frags=3: out of range (allowed: 4..4096)");
 }
+
+TEST_CASE("pacer: no pause at low rates, a batch's worth of pause at high ones") {
+  // Wakes every `gap` ns, each finding n datagrams, for a second; returns the last pause.
+  auto steady = [](ul::Pacer* p, int64_t gap, uint64_t n) {
+    long pause = -1;
+    for (int64_t t = gap; t <= 1000000000; t += gap) pause = p->woke(n, t);
+    return pause;
+  };
+  ul::Pacer slow;
+  CHECK(steady(&slow, 1000000, 1) == 0);  // 1000/s: every line at once
+  CHECK(slow.rate() > 900);
+  CHECK(slow.rate() < 1100);
+  ul::Pacer busy;
+  long pause = steady(&busy, 1000000, 40);  // 40k/s: 64 datagrams take 1.6 ms
+  CHECK(busy.rate() == 40000);
+  CHECK(pause == 1600000);
+  ul::Pacer flood;
+  CHECK(steady(&flood, 1000000, 400) == 160000);  // 400k/s
+  ul::Pacer capped(1000000);  // a small receive buffer allows 1 ms at most
+  CHECK(steady(&capped, 1000000, 10) == 1000000);
+  // A wakeup for a signal or a timer finds nothing: no pause.
+  CHECK(busy.woke(0, 1000000000 + 1000000) == 0);
+  // After a second of silence the rate is low again.
+  CHECK(busy.woke(1, 2100000000) == 0);
+  CHECK(busy.rate() < 100);
+}

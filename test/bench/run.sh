@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
 # udplogger benchmark: CPU, loss, memory and syscalls per datagram against
-# a null receiver (the ceiling) and the peers, on loopback.  Run it with
-# `make bench`; needs root for 10000 sockets and SO_RCVBUFFORCE, and
+# floors that batch the way udplogger does, and the peers, on loopback;
+# then the time from sendto until a line is readable in the file.  Run it
+# with `make bench`; needs root for 10000 sockets and SO_RCVBUFFORCE, and
 # Debian's rsyslog, socat and linux-perf for the peers and syscall counts
 # (missing ones are skipped and say so).
+#
+# Receivers: writer (the floor: udplogger's batching and pause, kernel
+# stamps, one writev of the raw payloads per batch), pause (the same
+# without writing), null (wakes for every datagram, context only), plain
+# (null plus a writev per wakeup), udplogger, v1.1 (BENCH_V11: a udplogger
+# 1.1 binary), rsyslog, socat, baseline (BENCH_BASELINE).
 #
 # Environment: BENCH_REPS (3), BENCH_COUNT (200000 paced datagrams),
 # BENCH_RATE (45000/s), BENCH_BURST (1000000), BENCH_ONLY (scenario names,
 # space separated: all when unset), BENCH_RECEIVERS (receivers to run: all
 # available when unset), BENCH_BASELINE (another udplogger binary, such as
-# the previous commit's, measured in the same runs as "baseline"), BENCH_RESULTS
-# (a file to keep the raw results in: scenario receiver ns lost hwm syscalls
-# lines-per-write, one line per run).
+# the previous commit's, measured in the same runs as "baseline"), BENCH_V11
+# (udplogger 1.1, built from its udplogger.c), BENCH_RESULTS (a file to keep
+# the raw results in: scenario receiver ns lost hwm syscalls lines-per-write
+# rep, one line per run; latency rows: scenario receiver p50 p99 max seen
+# sent rep).
 set -u
 cd "$(dirname "$0")/../.."
 top=$PWD
@@ -30,7 +39,8 @@ allow16="$allow16,203.0.113.0/24,169.254.0.0/16,2001:db8::/32,fd00::/8,fe80::/10
 allow16="$allow16,2001:db8:2::/48,2001:db8:3::/48,::1,127.0.0.0/8"
 
 have() { command -v "$1" >/dev/null 2>&1; }
-receivers="null udplogger plain"
+receivers="writer pause null plain udplogger"
+[ -n "${BENCH_V11:-}" ] && receivers="$receivers v1.1" || echo "bench: BENCH_V11 not set (a udplogger 1.1 binary): no comparison with 1.1"
 have rsyslogd && receivers="$receivers rsyslog" || echo "bench: rsyslogd not installed (apt-get install rsyslog): skipped"
 have socat && receivers="$receivers socat" || echo "bench: socat not installed (apt-get install socat): skipped"
 [ -n "${BENCH_BASELINE:-}" ] && receivers="$receivers baseline"
@@ -65,8 +75,9 @@ wait_idle() {
 start_receiver() {
   local r=$1 p=$2 d=$3 extra=$4
   case $r in
-    null) "$bin/nullrecv" "$p" 8388608 >"$d/null.out" 2>&1 & ;;
-    plain) "$bin/nullrecv" "$p" 8388608 "$d/plain.log" >"$d/null.out" 2>&1 & ;;
+    null|pause) "$bin/nullrecv" port="$p" mode="$r" >"$d/null.out" 2>&1 & ;;
+    plain|writer) "$bin/nullrecv" port="$p" mode="$r" file="$d/$r.log" >"$d/null.out" 2>&1 & ;;
+    v1.1) "$BENCH_V11" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
     udplogger) "$top/udplogger" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
     allow16) "$top/udplogger" port="$p" dir="$d" $extra "$allow16" >"$d/ul.out" 2>&1 & ;;
     baseline) "$BENCH_BASELINE" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
@@ -88,18 +99,18 @@ EOF
 received() {
   local r=$1 d=$2
   case $r in
-    null) awk '/received/ { print $3 }' "$d/null.out" ;;
-    plain) grep -cE '(^| )seq=[0-9]{10} ' "$d/plain.log" 2>/dev/null || echo 0 ;;
-    udplogger|baseline|allow16) cat "$d"/*.log 2>/dev/null | grep -cE '(^| )seq=[0-9]{10} ' ;;
+    null|pause) awk '/received/ { print $3 }' "$d/null.out" ;;
+    udplogger|baseline|allow16|v1.1|plain|writer) cat "$d"/*.log 2>/dev/null | grep -cE '(^| )seq=[0-9]{10} ' ;;
     socat) grep -cE '(^| )seq=[0-9]{10} ' "$d/socat.log" 2>/dev/null || echo 0 ;;
     rsyslog) grep -cE '(^| )seq=[0-9]{10} ' "$d/rsyslog.log" 2>/dev/null || echo 0 ;;
   esac
 }
 
-# One measurement: scenario name, receiver, loadgen arguments, messages
-# sent (lines expected), datagrams sent, udplogger options.
+# One measurement: scenario name, receiver, loadgen arguments (procs=N
+# first: N loadgen processes share the count), messages sent (lines
+# expected), datagrams sent, udplogger options, repetition.
 measure() {
-  local name=$1 r=$2 gen=$3 lines=$4 dgrams=$5 extra=${6:-}
+  local name=$1 r=$2 gen=$3 lines=$4 dgrams=$5 extra=${6:-} rep=${7:-1}
   local d=$work/run.$name.$r.$RANDOM p pid a b perfpid="" sys="-" wv="-"
   mkdir -p "$d"
   port=$((port + 1))
@@ -114,7 +125,14 @@ measure() {
     sleep 0.3
   fi
   a=$(cpu_ns "$pid")
-  "$bin/loadgen" port="$p" $gen >"$d/loadgen.out"
+  local procs=1 i
+  if [[ $gen == procs=* ]]; then procs=${gen%% *}; procs=${procs#procs=}; gen=${gen#* }; fi
+  local gens=()
+  for i in $(seq "$procs"); do
+    "$bin/loadgen" port="$p" $gen >"$d/loadgen.$i.out" &
+    gens+=($!)
+  done
+  wait "${gens[@]}"
   wait_idle "$pid"
   b=$(cpu_ns "$pid")
   local hwm
@@ -134,7 +152,7 @@ measure() {
   got=$(received "$r" "$d")
   lost=$((lines - ${got:-0}))
   [ "$r" = null ] && lost=$((dgrams - ${got:-0}))
-  echo "$name $r $(( (b - a) / dgrams )) $lost $hwm $sys $wv" >>"$results"
+  echo "$name $r $(( (b - a) / dgrams )) $lost $hwm $sys $wv $rep" >>"$results"
   rm -rf "$d"
 }
 
@@ -149,35 +167,116 @@ run_scenario() {
   for rep in $(seq "$reps"); do  # every other run in reverse order: no receiver always goes first
     local order=$only
     [ $((rep % 2)) = 0 ] && order=$reversed
-    for r in $order; do measure "$name" "$r" "$gen" "$lines" "$dgrams" "$extra"; done
+    for r in $order; do measure "$name" "$r" "$gen" "$lines" "$dgrams" "$extra" "$rep"; done
   done
 }
 
 run_scenario paced-16 "count=$count senders=16 rate=$rate" "$count" "$count" ""
 run_scenario paced-1000 "count=$count senders=1000 rate=$rate distinct=1" "$count" "$count" "clients=20000"
 run_scenario paced-10000 "count=$count senders=10000 rate=$rate distinct=1" "$count" "$count" "clients=20000"
+run_scenario paced-long "count=$count senders=16 rate=$rate len=1000" "$count" "$count" ""
+run_scenario burst "count=$burst senders=16" "$burst" "$burst" ""
+run_scenario burst-long "count=$((burst / 4)) senders=16 len=1000" $((burst / 4)) $((burst / 4)) ""
+# 400k datagrams/s from two sending processes, the default rbuf.
+run_scenario paced-400k "procs=2 count=$((burst / 2)) senders=16 rate=200000" "$burst" "$burst" "" \
+  "writer udplogger${BENCH_V11:+ v1.1}"
 # The cost of allow=: the paced-1000 load, udplogger without a list and
 # with 16 networks (the sender in the last), runs interleaved.
 run_scenario allow-16 "count=$count senders=1000 rate=$rate distinct=1" "$count" "$count" \
   "clients=20000" "udplogger allow16"
 frag_msgs=$((count / 6))
 run_scenario ext-frag "count=$frag_msgs senders=16 rate=$((rate / 3)) mode=frag" \
-  "$frag_msgs" $((frag_msgs * 3)) "" "null udplogger"
-run_scenario burst "count=$burst senders=16" "$burst" "$burst" ""
-run_scenario partial-1000 "count=1000 senders=1000 mode=partial distinct=1" 1000 1000 "clients=1024" "null udplogger"
-run_scenario partial-5000 "count=5000 senders=5000 mode=partial distinct=1" 5000 5000 "clients=1024" "null udplogger"
+  "$frag_msgs" $((frag_msgs * 3)) "" "writer udplogger"
+run_scenario partial-1000 "count=1000 senders=1000 mode=partial distinct=1" 1000 1000 "clients=1024" "writer udplogger"
+run_scenario partial-5000 "count=5000 senders=5000 mode=partial distinct=1" 5000 5000 "clients=1024" "writer udplogger"
 
-# The table: medians per scenario and receiver, ratio to the null receiver.
+# Latency: sendto until readable in the file, for one receiver: scenario
+# name, probe rate and count, background loadgen arguments (or ""), rep.
+measure_latency() {
+  local name=$1 r=$2 lrate=$3 lcount=$4 bg=$5 rep=$6
+  local d=$work/lat.$name.$r.$RANDOM p pid bgpid="" file
+  mkdir -p "$d"
+  port=$((port + 1))
+  p=$port
+  start_receiver "$r" "$p" "$d" "clients=20000"
+  pid=$rpid
+  sleep 0.5
+  case $r in
+    writer) file=$d/writer.log; : >>"$file" ;;
+    *) file=$(ls "$d"/*.log | head -n 1) ;;
+  esac
+  if [ -n "$bg" ]; then
+    "$bin/loadgen" port="$p" $bg >"$d/bg.out" &
+    bgpid=$!
+    sleep 0.5
+  fi
+  local out
+  out=$("$bin/latency" port="$p" file="$file" rate="$lrate" count="$lcount")
+  [ -n "$bgpid" ] && { kill "$bgpid" 2>/dev/null; wait "$bgpid" 2>/dev/null; }
+  kill -TERM "$pid"
+  wait "$pid" 2>/dev/null
+  echo "$out" | awk -v n="$name" -v r="$r" -v rep="$rep" '{ m = split($0, f, /[ =]/)
+    for (i = 1; i < m; i++) v[f[i]] = f[i + 1]
+    print n, r, v["p50"], v["p99"], v["max"], v["seen"], v["sent"], rep }' >>"$latency"
+  rm -rf "$d"
+}
+
+latency=$work/latency
+: >"$latency"
+run_latency() {
+  local name=$1 lrate=$2 lcount=$3 bg=$4 only="writer udplogger${BENCH_V11:+ v1.1}" rep r
+  [ -z "${BENCH_ONLY:-}" ] || [[ " $BENCH_ONLY " == *" $name "* ]] || return 0
+  [ -n "${BENCH_BASELINE:-}" ] && only="$only baseline"
+  [ -n "${BENCH_RECEIVERS:-}" ] && only=$BENCH_RECEIVERS
+  echo "bench: $name ($reps runs each: $only)" >&2
+  for rep in $(seq "$reps"); do
+    for r in $only; do measure_latency "$name" "$r" "$lrate" "$lcount" "$bg" "$rep"; done
+  done
+}
+run_latency latency-1 1 10 ""
+run_latency latency-1000 1000 3000 ""
+run_latency latency-200-under-40k 200 1000 "count=$((rate * 8)) senders=1000 rate=40000 distinct=1"
+
+# The tables: medians per scenario and receiver; ratios are medians of the
+# ratios within each repetition, to the writer floor and to the null receiver.
 report() {
   echo "udplogger benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(uname -r)"
-  echo "loopback, 100-byte lines, paced at $rate datagrams/s ($count datagrams), burst of $burst flat out; medians of $reps runs"
+  echo "loopback, 100-byte lines (long: 1000), paced at $rate datagrams/s ($count datagrams), burst of $burst flat out; medians of $reps runs"
   echo
-  echo "| scenario | receiver | CPU ns/datagram | ratio to null | lines lost | VmHWM KiB | syscalls/1000 datagrams | lines per write |"
-  echo "|---|---|---|---|---|---|---|---|"
+  echo "| scenario | receiver | CPU ns/datagram | ratio to writer | ratio to null | lines lost | VmHWM KiB | syscalls/1000 datagrams | lines per write |"
+  echo "|---|---|---|---|---|---|---|---|---|"
   awk '
     { key = $1 " " $2; n[key]++; cpu[key, n[key]] = $3; lost[key, n[key]] = $4
-      hwm[key, n[key]] = $5; sys[key, n[key]] = $6; wv[key, n[key]] = $7
+      hwm[key, n[key]] = $5; sys[key, n[key]] = $6; wv[key, n[key]] = $7; at[$1, $2, $8] = $3
+      reps[key, n[key]] = $8
       if (!(key in seen)) { seen[key] = 1; order[++k] = key } }
+    function median(arr, key, m,   i, j, t, v) {
+      for (i = 1; i <= m; i++) v[i] = arr[key, i]
+      for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (v[j] + 0 < v[i] + 0) { t = v[i]; v[i] = v[j]; v[j] = t }
+      return v[int((m + 1) / 2)]
+    }
+    function ratio(key, s, r, floor,   i, m, q) {
+      m = 0
+      for (i = 1; i <= n[key]; i++)
+        if ((s, floor, reps[key, i]) in at && at[s, floor, reps[key, i]] > 0)
+          q[key, ++m] = cpu[key, i] / at[s, floor, reps[key, i]]
+      return m ? sprintf("%.2fx", median(q, key, m)) : "-"
+    }
+    END {
+      for (i = 1; i <= k; i++) {
+        key = order[i]; split(key, part, " ")
+        printf "| %s | %s | %d | %s | %s | %s | %s | %s | %s |\n", part[1], part[2], median(cpu, key, n[key]),
+          ratio(key, part[1], part[2], "writer"), ratio(key, part[1], part[2], "null"),
+          median(lost, key, n[key]), median(hwm, key, n[key]), median(sys, key, n[key]), median(wv, key, n[key])
+      }
+    }' "$results"
+  [ -s "$latency" ] || return 0
+  echo
+  echo "| latency | receiver | p50 ms | p99 ms | max ms | lines seen |"
+  echo "|---|---|---|---|---|---|"
+  awk '
+    { key = $1 " " $2; n[key]++; p50[key, n[key]] = $3; p99[key, n[key]] = $4; mx[key, n[key]] = $5
+      seen[key, n[key]] = $6 "/" $7; if (!(key in s)) { s[key] = 1; order[++k] = key } }
     function median(arr, key, m,   i, j, t, v) {
       for (i = 1; i <= m; i++) v[i] = arr[key, i]
       for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (v[j] + 0 < v[i] + 0) { t = v[i]; v[i] = v[j]; v[j] = t }
@@ -186,38 +285,48 @@ report() {
     END {
       for (i = 1; i <= k; i++) {
         key = order[i]; split(key, part, " ")
-        c = median(cpu, key, n[key]); base = median(cpu, part[1] " null", n[part[1] " null"])
-        printf "| %s | %s | %d | %.2fx | %s | %s | %s | %s |\n", part[1], part[2], c, (base > 0 ? c / base : 0),
-          median(lost, key, n[key]), median(hwm, key, n[key]), median(sys, key, n[key]), median(wv, key, n[key])
+        printf "| %s | %s | %s | %s | %s | %s |\n", part[1], part[2], median(p50, key, n[key]),
+          median(p99, key, n[key]), median(mx, key, n[key]), seen[key, n[key]]
       }
-    }' "$results"
+    }' "$latency"
 }
 
-# The targets of issue 4, checked on the medians.
+# A column of the table for a scenario and receiver ("" when not measured).
+cell() { awk -F'|' -v s=" $1 " -v r=" $2 " -v c="$3" '$2 == s && $3 == r { v = $(c); gsub(/[ x]/, "", v); print v }' "$4"; }
+
+# The targets of issue 12, checked on the medians.
 targets() {
-  local table=$1
+  local table=$1 s v w
   echo
   echo "targets:"
-  local s ratio
-  for s in paced-16 paced-1000 paced-10000; do
-    ratio=$(awk -F'|' -v s=" $s " '$2 == s && $3 == " udplogger " { gsub(/[ x]/, "", $5); print $5 }' "$table")
-    [ -n "$ratio" ] || continue
-    awk -v r="$ratio" -v s="$s" 'BEGIN { printf "  %s CPU per datagram <= 1.05x null: %sx %s\n", s, r, (r <= 1.05 ? "PASS" : "FAIL") }'
+  for s in paced-16 paced-1000 paced-10000 burst; do
+    v=$(cell "$s" udplogger 5 "$table")
+    [ -n "$v" ] && [ "$v" != - ] && awk -v r="$v" -v s="$s" 'BEGIN {
+      printf "  %s: CPU per datagram <= 1.15x the writer floor: %sx %s\n", s, r, (r <= 1.15 ? "PASS" : "FAIL") }'
   done
+  for s in paced-16 paced-1000 paced-10000 paced-long burst burst-long paced-400k; do
+    v=$(cell "$s" udplogger 4 "$table")
+    w=$(cell "$s" v1.1 4 "$table")
+    [ -n "$v" ] && [ -n "$w" ] && awk -v a="$v" -v b="$w" -v s="$s" 'BEGIN {
+      printf "  %s: cheaper than udplogger 1.1: %d vs %d ns/datagram %s\n", s, a, b, (a < b ? "PASS" : "FAIL") }'
+  done
+  v=$(cell paced-400k udplogger 7 "$table")
+  [ -n "$v" ] && echo "  paced-400k (2 senders, default rbuf): 0 lines lost: $v $([ "$v" = 0 ] && echo PASS || echo FAIL)"
+  v=$(cell latency-1000 udplogger 4 "$table")
+  w=$(cell latency-1000 udplogger 5 "$table")
+  [ -n "$v" ] && awk -v a="$v" -v b="$w" 'BEGIN {
+    printf "  latency at 1000/s: p50 <= 1 ms and p99 <= 3 ms: %s and %s ms %s\n", a, b, (a <= 1 && b <= 3 ? "PASS" : "FAIL") }'
+  w=$(cell latency-200-under-40k udplogger 5 "$table")
+  [ -n "$w" ] && awk -v b="$w" 'BEGIN { printf "  latency under 40k/s: p99 <= 6 ms: %s ms %s\n", b, (b <= 6 ? "PASS" : "FAIL") }'
   local with without
-  with=$(awk -F'|' '$2 == " allow-16 " && $3 == " allow16 " { print $4 + 0 }' "$table")
-  without=$(awk -F'|' '$2 == " allow-16 " && $3 == " udplogger " { print $4 + 0 }' "$table")
+  with=$(cell allow-16 allow16 4 "$table")
+  without=$(cell allow-16 udplogger 4 "$table")
   [ -n "$with" ] && [ -n "$without" ] && awk -v a="$with" -v b="$without" 'BEGIN {
     printf "  allow= with 16 networks: %d vs %d ns/datagram without (%.2fx)\n", a, b, a / b }'
-  local ul nl
-  ul=$(awk -F'|' '$2 == " burst " && $3 == " udplogger " { print $6 + 0 }' "$table")
-  nl=$(awk -F'|' '$2 == " burst " && $3 == " null " { print $6 + 0 }' "$table")
-  [ -n "$ul" ] && echo "  burst: lines lost ($ul) <= null receiver's loss ($nl): $([ "${ul:-1}" -le "${nl:-0}" ] && echo PASS || echo FAIL)"
-  local h1 h5
-  h1=$(awk -F'|' '$2 == " partial-1000 " && $3 == " udplogger " { print $7 + 0 }' "$table")
-  h5=$(awk -F'|' '$2 == " partial-5000 " && $3 == " udplogger " { print $7 + 0 }' "$table")
-  [ -n "$h1" ] && echo "  VmHWM with 1000 partial lines <= 4096 KiB: $h1 KiB $([ "${h1:-99999}" -le 4096 ] && echo PASS || echo FAIL)"
-  [ -n "$h5" ] && echo "  VmHWM flat past clients= (5000 senders, clients=1024): $h5 KiB $([ "${h5:-99999}" -le $(( ${h1:-0} + 512 )) ] && echo PASS || echo FAIL)"
+  v=$(cell partial-1000 udplogger 8 "$table")
+  [ -n "$v" ] && echo "  VmHWM with 1000 partial lines < 4096 KiB: $v KiB $([ "$v" -lt 4096 ] && echo PASS || echo FAIL)"
+  w=$(cell partial-5000 udplogger 8 "$table")
+  [ -n "$w" ] && echo "  VmHWM flat past clients= (5000 senders, clients=1024): $w KiB $([ "$w" -le $(( ${v:-0} + 512 )) ] && echo PASS || echo FAIL)"
   strip -o "$work/udplogger.stripped" "$top/udplogger"
   local size
   size=$(stat -c %s "$work/udplogger.stripped")
@@ -227,5 +336,8 @@ targets() {
 report >"$work/table"
 cat "$work/table"
 targets "$work/table"
-[ -n "${BENCH_RESULTS:-}" ] && cp "$results" "$BENCH_RESULTS"  # one line per run, for per-run ratios
+if [ -n "${BENCH_RESULTS:-}" ]; then  # one line per run, for per-run ratios
+  cp "$results" "$BENCH_RESULTS"
+  cat "$latency" >>"$BENCH_RESULTS"
+fi
 rm -rf "$work"

@@ -78,6 +78,7 @@ const char kUsage[] =
     "  dict=changes|all|none  extended netconsole KEY=value lines: when they\n"
     "               change (default), after every record, never\n"
     "  allow=CIDR[,CIDR...]  take datagrams only from these networks\n"
+    "  reuseport=0|1  share the port with other udplogger processes (SO_REUSEPORT)\n"
     "  debug=0|1    trace every datagram on stderr: sender, length, what became of it\n"
     "  --help, --version\n"
     "Every key=value may also be written --key=value or --key value.\n";
@@ -108,6 +109,7 @@ const NumberOption kNumberOptions[] = {
     {"gid", 0, 4294967294UL, 10},  {"perm", 0, 0777, 8},
     {"frags", 4, 4096, 10},        {"files", 1, 65536, 10},
     {"debug", 0, 1, 10},           {"partials", 65536, 1UL << 30, 10},
+    {"reuseport", 0, 1, 10},
 };
 
 void store_number(Options* o, const char* key, unsigned long v) {
@@ -123,6 +125,7 @@ void store_number(Options* o, const char* key, unsigned long v) {
   else if (!strcmp(key, "files")) o->files = unsigned(v);
   else if (!strcmp(key, "debug")) o->debug = unsigned(v);
   else if (!strcmp(key, "partials")) o->partials = v;
+  else if (!strcmp(key, "reuseport")) o->reuseport = unsigned(v);
 }
 
 UL_COLD ParseStatus parse_number_option(const NumberOption& n, const char* value, Options* o,
@@ -2225,6 +2228,9 @@ UL_COLD void create_listener(const Options& o, Listener* l) {
     sin->sin_family = AF_INET;
     sin->sin_port = htons(uint16_t(o.port));
   }
+  int on = 1;  // reuseport=1: processes of one user share the port, the kernel keeps each sender on one
+  if (o.reuseport && setsockopt(l->fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) < 0)
+    die("cannot set SO_REUSEPORT on %s: %s", l->where, strerror(errno));
   if (bind(l->fd, reinterpret_cast<sockaddr*>(&ss), sslen) < 0)
     die("cannot bind UDP %s: %s", l->where, strerror(errno));
 }
@@ -2552,6 +2558,7 @@ UL_COLD void describe_start(const Server& s, char* out, size_t len) {
   if (n < len && o.split == Split::host) n += size_t(snprintf(out + n, len - n, " files=%u", o.files));
   if (n < len && o.uid >= 0) n += size_t(snprintf(out + n, len - n, " uid=%ld", o.uid));
   if (n < len && o.gid >= 0) n += size_t(snprintf(out + n, len - n, " gid=%ld", o.gid));
+  if (n < len && o.reuseport) n += size_t(snprintf(out + n, len - n, " reuseport=1"));
   if (n < len && o.debug) snprintf(out + n, len - n, " debug=1");
 }
 

@@ -62,6 +62,7 @@ struct Options {
   Split split = Split::none;
   unsigned files = 64;         // split=host: log files open at once
   unsigned debug = 0;          // 1: trace every datagram on stderr
+  unsigned reuseport = 0;      // 1: SO_REUSEPORT, several processes on one port
   unsigned long partials = 4UL << 20;  // bytes all partial lines may hold at once
   Eol eol = Eol::automatic;    // auto: a syslog datagram ("<N>...") is one message
   Dict dict = Dict::changes;   // changes: a sender's dictionary only when it changes

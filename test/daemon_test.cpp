@@ -628,3 +628,54 @@ TEST_CASE("daemon: bad output options and combinations exit 2 naming the option"
   CHECK(e.status == 2);
   CHECK(e.err == "udplogger: files=0: out of range (allowed: 1..65536)\n");
 }
+
+TEST_CASE("reuseport=1: two processes share a port and a daily file, every line once and whole") {
+  std::string dir = make_temp_dir();
+  std::string port = "port=" + std::to_string(free_udp_port());
+  Daemon a({"reuseport=1", port}, {}, dir, make_temp_dir());
+  Daemon b({"reuseport=1", port}, {}, dir, make_temp_dir());
+  REQUIRE(a.running());
+  REQUIRE(b.running());
+  CHECK(a.out().find(" reuseport=1") != std::string::npos);
+  const int senders = 1000;
+  std::string pad(60, '.');
+  for (int i = 0; i < senders; i++) {  // each from its own port; the middle line in two datagrams
+    Sender s;
+    std::string who = "sender=" + std::to_string(i);
+    s.send(a.port_, who + " line=0 " + pad + "\n");
+    s.send(a.port_, who + " line=1 first half, ");
+    s.send(a.port_, "second half " + pad + "\n" + who + " line=2 " + pad + "\n");
+  }
+  auto data_lines = [&] { return count_of(a.log(), " " + pad + "\n"); };
+  REQUIRE(wait_for([&] { return data_lines() == size_t(3 * senders); }, 10));
+  CHECK(a.stop() == 0);
+  CHECK(b.stop() == 0);
+  std::string log = a.log();
+  for (int i = 0; i < senders; i++) {
+    std::string who = "sender=" + std::to_string(i);
+    CAPTURE(who);
+    CHECK(count_of(log, " " + who + " line=0 " + pad + "\n") == 1);
+    CHECK(count_of(log, " " + who + " line=1 first half, second half " + pad + "\n") == 1);
+    CHECK(count_of(log, " " + who + " line=2 " + pad + "\n") == 1);
+  }
+  // Nothing torn or glued: every line a stamp, a sender or udplogger, and text.
+  std::regex whole("\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\d (udplogger: .*|127\\.0\\.0\\.1:\\d+ "
+                   "sender=\\d+ line=\\d (first half, second half )?\\.{60})");
+  size_t bad = 0;
+  for (size_t i = 0; i < log.size();) {
+    size_t e = log.find('\n', i);
+    if (!std::regex_match(log.substr(i, e - i), whole) && bad++ < 3) MESSAGE("not whole: " << log.substr(i, e - i));
+    i = e + 1;
+  }
+  CHECK(bad == 0);
+  // The kernel spread the senders over both.
+  auto lines_of = [](const std::string& err) {
+    std::smatch m;
+    return std::regex_search(err, m, std::regex(" lines=([0-9]+) ")) ? std::stoul(m[1]) : 0;
+  };
+  size_t la = lines_of(a.err()), lb = lines_of(b.err());
+  MESSAGE("lines written by the first process " << la << ", by the second " << lb);
+  CHECK(la > 0);
+  CHECK(lb > 0);
+  CHECK(la + lb == size_t(3 * senders));
+}

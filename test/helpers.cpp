@@ -321,12 +321,17 @@ Exit run_udplogger(const std::vector<std::string>& args, double seconds,
 }
 
 Daemon::Daemon(std::vector<std::string> args, const std::vector<std::string>& env,
-               std::string dir)
-    : dir_(dir.empty() ? make_temp_dir() : dir) {
-  port_ = free_udp_port();
+               std::string dir, std::string io)
+    : dir_(dir.empty() ? make_temp_dir() : dir), io_(io.empty() ? dir_ + "/.." : io) {
+  port_ = 0;
+  for (const std::string& a : args)
+    if (a.rfind("port=", 0) == 0) port_ = std::stoi(a.substr(5));
+  if (port_ == 0) {
+    port_ = free_udp_port();
+    args.push_back("port=" + std::to_string(port_));
+  }
   args.push_back("dir=" + dir_);
-  args.push_back("port=" + std::to_string(port_));
-  pid_ = spawn(args, env, dir_ + "/../stdout", dir_ + "/../stderr");
+  pid_ = spawn(args, env, io_ + "/stdout", io_ + "/stderr");
   bool up = wait_for([&] {
     // The start-up line is on stdout, or on stderr when stdout is the log.
     if (out().find("listening on") != std::string::npos ||

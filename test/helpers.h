@@ -63,10 +63,12 @@ Exit run_udplogger(const std::vector<std::string>& args, double seconds = 5.0,
 // A running daemon on a free loopback port with its own log directory.
 class Daemon {
  public:
-  // Starts udplogger with dir= and port= added; waits for its start-up line.
+  // Starts udplogger with dir= and port= (unless args have one) added;
+  // waits for its start-up line.  Its stdout and stderr go to files in io,
+  // by default dir's parent.
   explicit Daemon(std::vector<std::string> args = {},
                   const std::vector<std::string>& env = {},
-                  std::string dir = "");
+                  std::string dir = "", std::string io = "");
   ~Daemon();
   bool running() const { return pid_ > 0; }
   // Sends a signal (0: none) and waits for the exit; returns the exit status.
@@ -75,10 +77,11 @@ class Daemon {
   std::string log() const { return all_logs(dir_); }
   // Waits until the logs contain `text`.
   bool wait_log(const std::string& text, double seconds = 5.0) const;
-  std::string out() const { return read_file(dir_ + "/../stdout"); }
-  std::string err() const { return read_file(dir_ + "/../stderr"); }
+  std::string out() const { return read_file(io_ + "/stdout"); }
+  std::string err() const { return read_file(io_ + "/stderr"); }
 
   std::string dir_;
+  std::string io_;
   int port_ = 0;
   pid_t pid_ = -1;
 };

@@ -190,6 +190,46 @@ run_scenario ext-frag "count=$frag_msgs senders=16 rate=$((rate / 3)) mode=frag"
 run_scenario partial-1000 "count=1000 senders=1000 mode=partial distinct=1" 1000 1000 "clients=1024" "writer udplogger"
 run_scenario partial-5000 "count=5000 senders=5000 mode=partial distinct=1" 5000 5000 "clients=1024" "writer udplogger"
 
+# Throughput at saturation of n udplogger processes sharing the port
+# (reuseport=1) and the daily file: two loadgen processes flat out, 500
+# senders each; lines written per second from the first send until the
+# receivers are idle.
+measure_instances() {
+  local n=$1 rep=$2 total=$3
+  local d=$work/inst.$n.$RANDOM p i pids=() gens=() t0 t1
+  mkdir -p "$d"
+  port=$((port + 1))
+  p=$port
+  for i in $(seq "$n"); do
+    "$top/udplogger" port="$p" dir="$d" reuseport=1 clients=2000 >"$d/ul.$i.out" 2>&1 &
+    pids+=($!)
+  done
+  sleep 0.5
+  t0=$(date +%s%N)
+  for i in 1 2; do
+    "$bin/loadgen" port="$p" count=$((total / 2)) senders=500 distinct=1 >"$d/loadgen.$i.out" &
+    gens+=($!)
+  done
+  wait "${gens[@]}"
+  for i in "${pids[@]}"; do wait_idle "$i"; done
+  t1=$(date +%s%N)
+  for i in "${pids[@]}"; do kill -TERM "$i"; wait "$i" 2>/dev/null; done
+  local got
+  got=$(cat "$d"/*.log | grep -cE '(^| )seq=[0-9]{10} ')
+  echo "instances-$n udplogger $(( got * 1000000000 / (t1 - t0) )) $(( total - got )) $rep" >>"$instances"
+  rm -rf "$d"
+}
+
+instances=$work/instances
+: >"$instances"
+if [ -z "${BENCH_ONLY:-}" ] || [[ " $BENCH_ONLY " == *" instances "* ]]; then
+  echo "bench: instances (1 and 2 processes, $reps runs each)" >&2
+  for rep in $(seq "$reps"); do
+    measure_instances 1 "$rep" "$burst"
+    measure_instances 2 "$rep" "$burst"
+  done
+fi
+
 # Latency: sendto until readable in the file, for one receiver: scenario
 # name, probe rate and count, background loadgen arguments (or ""), rep.
 measure_latency() {
@@ -270,6 +310,18 @@ report() {
           median(lost, key, n[key]), median(hwm, key, n[key]), median(sys, key, n[key]), median(wv, key, n[key])
       }
     }' "$results"
+  if [ -s "$instances" ]; then
+    echo
+    echo "| saturation, reuseport=1 | lines written/s | lines lost |"
+    echo "|---|---|---|"
+    awk '{ key = $1; n[key]++; v[key, n[key]] = $3; l[key, n[key]] = $4; if (!(key in s)) { s[key] = 1; o[++k] = key } }
+      function median(arr, key, m,   i, j, t, w) {
+        for (i = 1; i <= m; i++) w[i] = arr[key, i]
+        for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (w[j] + 0 < w[i] + 0) { t = w[i]; w[i] = w[j]; w[j] = t }
+        return w[int((m + 1) / 2)]
+      }
+      END { for (i = 1; i <= k; i++) printf "| %s | %d | %d |\n", o[i], median(v, o[i], n[o[i]]), median(l, o[i], n[o[i]]) }' "$instances"
+  fi
   [ -s "$latency" ] || return 0
   echo
   echo "| latency | receiver | p50 ms | p99 ms | max ms | lines seen |"
@@ -338,6 +390,6 @@ cat "$work/table"
 targets "$work/table"
 if [ -n "${BENCH_RESULTS:-}" ]; then  # one line per run, for per-run ratios
   cp "$results" "$BENCH_RESULTS"
-  cat "$latency" >>"$BENCH_RESULTS"
+  cat "$latency" "$instances" >>"$BENCH_RESULTS"
 fi
 rm -rf "$work"

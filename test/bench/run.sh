@@ -17,7 +17,9 @@
 # space separated: all when unset), BENCH_RECEIVERS (receivers to run: all
 # available when unset), BENCH_BASELINE (another udplogger binary, such as
 # the previous commit's, measured in the same runs as "baseline"), BENCH_V11
-# (udplogger 1.1, built from its udplogger.c), BENCH_RESULTS (a file to keep
+# (udplogger 1.1, built from its udplogger.c), BENCH_VARIANTS ("NAME=BINARY
+# ...": more udplogger builds, each a receiver of that name, for trying a
+# change in the same runs), BENCH_RESULTS (a file to keep
 # the raw results in: scenario receiver ns lost hwm syscalls lines-per-write
 # rep, one line per run; latency rows: scenario receiver p50 p99 max seen
 # sent rep).
@@ -78,6 +80,9 @@ start_receiver() {
     null|pause) "$bin/nullrecv" port="$p" mode="$r" >"$d/null.out" 2>&1 & ;;
     plain|writer) "$bin/nullrecv" port="$p" mode="$r" file="$d/$r.log" >"$d/null.out" 2>&1 & ;;
     v1.1) "$BENCH_V11" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
+    *) local v path=""
+      for v in ${BENCH_VARIANTS:-}; do [ "${v%%=*}" = "$r" ] && path=${v#*=}; done
+      "$path" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
     udplogger) "$top/udplogger" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
     allow16) "$top/udplogger" port="$p" dir="$d" $extra "$allow16" >"$d/ul.out" 2>&1 & ;;
     baseline) "$BENCH_BASELINE" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
@@ -100,9 +105,9 @@ received() {
   local r=$1 d=$2
   case $r in
     null|pause) awk '/received/ { print $3 }' "$d/null.out" ;;
-    udplogger|baseline|allow16|v1.1|plain|writer) cat "$d"/*.log 2>/dev/null | grep -cE '(^| )seq=[0-9]{10} ' ;;
     socat) grep -cE '(^| )seq=[0-9]{10} ' "$d/socat.log" 2>/dev/null || echo 0 ;;
     rsyslog) grep -cE '(^| )seq=[0-9]{10} ' "$d/rsyslog.log" 2>/dev/null || echo 0 ;;
+    *) cat "$d"/*.log 2>/dev/null | grep -cE '(^| )seq=[0-9]{10} ' ;;  # udplogger and the rest
   esac
 }
 

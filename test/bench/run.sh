@@ -80,9 +80,6 @@ start_receiver() {
     null|pause) "$bin/nullrecv" port="$p" mode="$r" >"$d/null.out" 2>&1 & ;;
     plain|writer) "$bin/nullrecv" port="$p" mode="$r" file="$d/$r.log" >"$d/null.out" 2>&1 & ;;
     v1.1) "$BENCH_V11" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
-    *) local v path=""
-      for v in ${BENCH_VARIANTS:-}; do [ "${v%%=*}" = "$r" ] && path=${v#*=}; done
-      "$path" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
     udplogger) "$top/udplogger" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
     allow16) "$top/udplogger" port="$p" dir="$d" $extra "$allow16" >"$d/ul.out" 2>&1 & ;;
     baseline) "$BENCH_BASELINE" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
@@ -96,6 +93,9 @@ ruleset(name="r") { action(type="omfile" file="$d/rsyslog.log" template="ul") }
 input(type="imudp" port="$p" ruleset="r" rcvbufSize="8m")
 EOF
       rsyslogd -n -f "$d/rsyslog.conf" -i "$d/rsyslog.pid" >"$d/rsyslog.out" 2>&1 & ;;
+    *) local v path=""  # BENCH_VARIANTS
+      for v in ${BENCH_VARIANTS:-}; do [ "${v%%=*}" = "$r" ] && path=${v#*=}; done
+      "$path" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
   esac
   rpid=$!
 }

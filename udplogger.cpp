@@ -777,7 +777,6 @@ void Assembler::datagram(const Datagram& d) {
 // Takes one datagram to where it belongs; returns its sender (null for an
 // empty datagram), *ext set when it was extended netconsole, parsed in *h.
 const Sender* Assembler::route(const Datagram& d, ExtHeader* h, bool* ext) {
-  if (d.kernel_dropped) kernel_dropped(d.kernel_dropped, d.when);
   stats_.datagrams++;
   add_saturating(&stats_.bytes, d.len);
   if (opts_.allow.count > 0 && !opts_.allow.allows(d.addr)) {
@@ -2284,7 +2283,6 @@ UL_COLD void tune_listener(const Options& o, Listener* l) {
   if (setsockopt(l->fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on) < 0 &&
       setsockopt(l->fd, SOL_SOCKET, SO_TIMESTAMP, &on, sizeof on) < 0)
     die("cannot ask for receive timestamps on %s: %s", l->where, strerror(errno));
-  setsockopt(l->fd, SOL_SOCKET, SO_RXQ_OVFL, &on, sizeof on);  // best effort
 }
 
 // Names the address the socket serves, as the kernel sees it, and whether
@@ -2412,13 +2410,12 @@ UL_COLD void ring_init(Ring* r) {
 }
 
 // Message i of the ring as the core sees it: sender (IPv4 as v4-mapped),
-// arrival time (else `fallback`), bytes, and the drops since the last report.
-Datagram datagram_of(const Ring& r, int i, const timespec& fallback, Listener* l) {
+// arrival time (else `fallback`), bytes.
+Datagram datagram_of(const Ring& r, int i, const timespec& fallback) {
   Datagram d;
   address_of(r.names[i], &d.addr, &d.port);
   const msghdr& h = r.msgs[i].msg_hdr;
   d.when = fallback;
-  d.kernel_dropped = 0;
   for (cmsghdr* c = CMSG_FIRSTHDR(&h); c; c = CMSG_NXTHDR(const_cast<msghdr*>(&h), c)) {
     if (c->cmsg_level != SOL_SOCKET) continue;
     if (c->cmsg_type == SCM_TIMESTAMPNS) {
@@ -2427,11 +2424,6 @@ Datagram datagram_of(const Ring& r, int i, const timespec& fallback, Listener* l
       timeval tv;
       memcpy(&tv, CMSG_DATA(c), sizeof tv);
       d.when = timespec{tv.tv_sec, tv.tv_usec * 1000};
-    } else if (c->cmsg_type == SO_RXQ_OVFL) {
-      uint32_t n;
-      memcpy(&n, CMSG_DATA(c), sizeof n);
-      d.kernel_dropped = n - l->drops_seen;  // the counter may wrap
-      l->drops_seen = n;
     }
   }
   d.data = static_cast<const char*>(r.iov[i].iov_base);
@@ -2457,7 +2449,7 @@ int receive_batch(Listener* l, Ring* r, Assembler* a, Clock clock) {
   timespec now = clock();
   for (int i = 0; i < n; i++) {
     r->large |= r->msgs[i].msg_len > 4096;
-    a->datagram(datagram_of(*r, i, now, l));
+    a->datagram(datagram_of(*r, i, now));
   }
   return n;
 }
@@ -2764,10 +2756,16 @@ int loop(Server* s) {
   long pause_ns = 0;
   bool busy = false;  // the last wakeup found a queue
   bool was_busy = false;
+  int64_t drops_read_ns = 0;
   for (;;) {
     // The kernel drops only while the loop is behind, that is busy: when it
-    // goes idle again, the socket's counter has the burst's last drops.
-    if (was_busy && !busy) check_all_drops(s);
+    // goes idle again, the socket's counter has the burst's drops; under
+    // a load that never lets it go idle, it is read once a second.
+    int64_t now_ns = monotonic_ns();
+    if ((was_busy && !busy) || (busy && now_ns - drops_read_ns > 1000000000)) {
+      check_all_drops(s);
+      drops_read_ns = now_ns;
+    }
     was_busy = busy;
     if (!busy && s->ring.large) {  // idle again: large datagrams' pages go back
       madvise(s->ring.data, kBatch * kSlotBytes, MADV_DONTNEED);

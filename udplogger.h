@@ -123,7 +123,6 @@ struct Datagram {
   timespec when;               // the kernel's arrival time
   const char* data;            // valid until the Output is flushed
   size_t len;
-  uint32_t kernel_dropped;     // dropped by the kernel on its socket since the last report
   bool truncated;              // cut to fit the receive slot
 };
 

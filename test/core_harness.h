@@ -111,7 +111,7 @@ struct Core {
     d.when = when;
     d.data = data.data();
     d.len = data.size();
-    d.kernel_dropped = dropped;
+    asm_.kernel_dropped(dropped, when);  // as the shell reports them: before
     asm_.datagram(d);
     out.flush();  // as the shell does: the datagram's bytes go away now
   }

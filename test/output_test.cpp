@@ -79,8 +79,8 @@ TEST_CASE("output: split=host groups lines by host; notices go with their sender
   std::vector<std::string> keep;
   auto add = [&](const in6_addr& a, uint16_t port, const std::string& data, uint32_t drops) {
     keep.push_back(data);
-    c.asm_.datagram(ul::Datagram{a, port, at(T0), keep.back().data(), keep.back().size(),
-                                 drops, false});
+    c.asm_.kernel_dropped(drops, at(T0));
+    c.asm_.datagram(ul::Datagram{a, port, at(T0), keep.back().data(), keep.back().size(), false});
   };
   keep.reserve(8);
   add(v4("10.0.0.1"), 1, "a1\n", 0);
@@ -107,9 +107,10 @@ TEST_CASE("output: without split=host one batch holds every sender") {
   Core c;
   ul::Datagram d{};
   std::string a = "a\n", b = "b\n";
-  d = ul::Datagram{v4("10.0.0.1"), 1, at(T0), a.data(), a.size(), 0, false};
+  d = ul::Datagram{v4("10.0.0.1"), 1, at(T0), a.data(), a.size(), false};
   c.asm_.datagram(d);
-  d = ul::Datagram{v4("10.0.0.2"), 1, at(T0), b.data(), b.size(), 3, false};
+  c.asm_.kernel_dropped(3, at(T0));
+  d = ul::Datagram{v4("10.0.0.2"), 1, at(T0), b.data(), b.size(), false};
   c.asm_.datagram(d);
   c.out.flush();
   REQUIRE(c.cap.batches.size() == 1);
@@ -120,7 +121,7 @@ TEST_CASE("output: without split=host one batch holds every sender") {
 TEST_CASE("datagram: a cut datagram is a notice about its sender") {
   Core c;
   std::string big(100, 'x');
-  c.asm_.datagram(ul::Datagram{v4("10.0.0.9"), 7, at(T0), big.data(), big.size(), 0, true});
+  c.asm_.datagram(ul::Datagram{v4("10.0.0.9"), 7, at(T0), big.data(), big.size(), true});
   c.asm_.expire(at(T0), true);
   CHECK(c.text() == stamp_at(0) + "udplogger: 10.0.0.9:7: datagram cut to 100 bytes: larger "
                                   "than the receive slot\n" +

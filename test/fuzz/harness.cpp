@@ -85,7 +85,8 @@ void fuzz_one(const uint8_t* data, size_t size, bool raw) {
       now.tv_sec += now.tv_nsec / 1000000000 + (step == 255 ? 20 : 0);
       now.tv_nsec %= 1000000000;
       ul::Datagram d{sender_addr(who), uint16_t(6665 + (who >> 3 & 3)), now,
-                     reinterpret_cast<const char*>(data + i), len, uint32_t(step == 254), false};
+                     reinterpret_cast<const char*>(data + i), len, false};
+      if (step == 254) a.kernel_dropped(1, now);
       char name[ul::kSenderNameMax];
       sent[std::string(name, ul::format_sender(d.addr, d.port, name))].append(d.data, len);
       a.datagram(d);

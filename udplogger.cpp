@@ -587,10 +587,16 @@ void LineWriter::text(const char* p, size_t len) {
   else out_->copy(p, len);
 }
 
+// Short lines are copied next to their prefix, so that a batch of them is
+// one piece of memory for writev; long ones are referenced in place.
+constexpr size_t kCopyMax = 512;
+
 void LineWriter::end_with(const char* p, size_t len, bool newline_follows, bool clean) {
   if (escape_ == Escape::hex && !clean && any_escape(p, len)) {
     out_->copy_escaped(p, len);
     out_->copy("\n", 1);
+  } else if (newline_follows && len < kCopyMax) {
+    out_->copy(p, len + 1);
   } else if (newline_follows) {
     out_->ref(p, len + 1);
   } else {
@@ -1007,7 +1013,7 @@ void Assembler::join_text(Sender* s, const char* data, size_t len, const timespe
     // no piece is longer than wbuf, so nothing beyond that is scanned.
     const char* limit = size_t(end - p) > wbuf ? p + wbuf + 1 : end;
     const char* c = find_control(p, limit);
-    const char* nl = c == limit ? nullptr
+    const char* nl = c == limit ? nullptr : *c == '\n' ? c  // the common case: no call
         : static_cast<const char*>(memchr(c, '\n', size_t(limit - c)));
     bool clean = c == limit || nl == c || (nl == c + 1 && *c == '\r');
     size_t seg = size_t((nl ? nl : limit) - p);  // bytes before the newline
@@ -1241,12 +1247,16 @@ int hex_value(char c) {
 }  // namespace
 
 bool parse_ext_header(const char* data, size_t len, ExtHeader* h) {
+  // PRI and a kernel release ("6.12.1...") both start with a digit: most
+  // plain text is told apart by its first byte.
+  if (len == 0 || data[0] < '0' || data[0] > '9') return false;
   const char* end = data + (len < 160 ? len : 160);  // headers are short
   h->release = nullptr;
   h->release_len = 0;
   if (parse_ext_fields(data, end, data, h)) return true;
   // RELEASE, (the kernel's uname release: printable, no ',' or ';')
-  const char* comma = static_cast<const char*>(memchr(data, ',', size_t(end - data)));
+  size_t room = size_t(end - data) < 65 ? size_t(end - data) : 65;
+  const char* comma = static_cast<const char*>(memchr(data, ',', room));
   if (!comma || comma == data || comma - data > 64) return false;
   for (const char* p = data; p < comma; p++)
     if (*p <= ' ' || *p >= 0x7f || *p == ';') return false;

@@ -410,14 +410,15 @@ class RecordWriter {
 
 // ----------------------------------------------------------------- senders
 
+// What a lookup reads comes first: a chain walk touches one cache line.
 struct Sender {
   in6_addr addr;
   uint16_t port;
   uint8_t name_len;            // "IP:PORT"
-  char name[kSenderNameMax];
   int32_t hash_next;           // chain in the hash bucket
   int32_t lru_prev, lru_next;  // least recently heard first
   int32_t pend_prev, pend_next;  // senders holding a partial line, oldest first
+  char name[kSenderNameMax];
   // The partial line: bytes received without their newline yet, in a
   // buffer held only while there is one.
   char* partial;
@@ -436,6 +437,9 @@ class SenderTable {
   bool init(unsigned capacity, uint64_t seed);  // seed: random, so buckets cannot be aimed at
   ~SenderTable();
   Sender* find(const in6_addr& addr, uint16_t port);  // and marks it heard now
+  // Asks the CPU to fetch what find() will read: the bucket, or (once that
+  // is in the cache) the sender the bucket leads to.
+  void prefetch(const in6_addr& addr, uint16_t port, bool sender) const;
   bool full() const { return used_ == capacity_; }
   Sender* idle_longest() { return &slots_[lru_.head]; }
   // A new sender: a free slot, or idle_longest()'s when full.
@@ -467,6 +471,9 @@ class Assembler : private NetconsoleEvents {
   ~Assembler();
 
   void datagram(const Datagram& d);
+  // A datagram that comes soon: its sender's bucket (sender false), then
+  // its sender, are fetched into the cache ahead of datagram().
+  void prefetch(const Datagram& d, bool sender) const { table_.prefetch(d.addr, d.port, sender); }
 
   // With debug=1: fn gets one line (no newline) per datagram saying what
   // became of it; the shell prints it on stderr.

@@ -286,7 +286,9 @@ TEST_CASE("memory: 500 senders with 65,000-byte partial lines stay under the cap
   REQUIRE(d.wait_log("udplogger: statistics: datagrams=500 "));
   long peak = status_kib(d.pid_, "VmHWM");
   for (auto& s : senders) s->send(d.port_, "\n");  // every line completes
-  REQUIRE(wait_for([&] { return count_of(d.log(), big + "\n") == 500; }));
+  INFO("lines written: " << count_of(d.log(), big + "\n") << "; stderr: " << d.err());
+  // 32 MB to write: on a busy disk this can take a while.
+  REQUIRE(wait_for([&] { return count_of(d.log(), big + "\n") == 500; }, 20));
   long after = 0;  // the loop gives the ring's pages back once it is idle
   wait_for([&] { return (after = status_kib(d.pid_, "VmRSS")) < idle + 1024; }, 2);
   MESSAGE("VmRSS idle " << idle << " kB, VmHWM with 500 x 65,000-byte partial lines " << peak

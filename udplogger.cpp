@@ -49,6 +49,14 @@
 // code, so the binary stays small.
 #define UL_COLD __attribute__((cold))
 
+// GCC sees a function of prefetches alone as free of side effects and
+// deletes every call to it; noipa keeps the calls (clang keeps them anyway).
+#if defined(__GNUC__) && !defined(__clang__)
+#define UL_KEEP_CALLS __attribute__((noipa))
+#else
+#define UL_KEEP_CALLS
+#endif
+
 namespace ul {
 
 // ================================================================= options
@@ -684,7 +692,7 @@ void SenderTable::unhash(Sender* s) {
   *link = s->hash_next;
 }
 
-void SenderTable::prefetch(const in6_addr& addr, uint16_t port, bool sender) const {
+UL_KEEP_CALLS void SenderTable::prefetch(const in6_addr& addr, uint16_t port, bool sender) const {
   const int32_t* b = &buckets_[bucket(addr, port)];
   if (!sender) return __builtin_prefetch(b);
   if (*b < 0) return;
@@ -2476,10 +2484,9 @@ int receive_batch(Listener* l, Ring* r, Assembler* a, Clock clock) {
     d[i] = datagram_of(*r, i, now);
     a->prefetch(d[i], false);
   }
-  for (int i = 0; i < n && i < kPrefetchAhead; i++) a->prefetch(d[i], true);
-  for (int i = 0; i < n; i++) {
+  for (int i = -kPrefetchAhead; i < n; i++) {
     if (i + kPrefetchAhead < n) a->prefetch(d[i + kPrefetchAhead], true);
-    a->datagram(d[i]);
+    if (i >= 0) a->datagram(d[i]);
   }
   return n;
 }

@@ -454,6 +454,26 @@ TEST_CASE("binary: links libc alone") {
   CHECK(st.st_size < 64 * 1024);
 }
 
+// GCC once deleted every call to SenderTable::prefetch (a function of
+// prefetches alone looks free of side effects): the hint must be in the code.
+#if defined(__x86_64__)
+constexpr bool kX86_64 = true;
+#else
+constexpr bool kX86_64 = false;
+#endif
+TEST_CASE("binary: sender lookups are prefetched" *
+          skip_unless(kX86_64, "binary: sender lookups are prefetched",
+                      "prefetch instructions are only looked for on x86_64")) {
+  FILE* p = popen(("objdump -d " + udplogger_path() + " 2>&1").c_str(), "r");
+  REQUIRE(p);
+  int prefetches = 0;
+  char buf[512];
+  while (fgets(buf, sizeof buf, p)) prefetches += strstr(buf, "prefetcht0") != nullptr;
+  pclose(p);
+  MESSAGE("prefetch instructions: " << prefetches);
+  CHECK(prefetches >= 3);
+}
+
 TEST_CASE("daemon: memory is bounded by options, not by traffic or senders") {
   Daemon d({"clients=1024"});
   REQUIRE(d.running());

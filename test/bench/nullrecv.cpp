@@ -1,7 +1,7 @@
 // The floors of the benchmark: receivers that do the least a UDP logger
 // can do, so that udplogger's cost is compared with like.
 //
-//   nullrecv port=P [rbuf=N] [mode=null|plain|pause|writer] [file=F]
+//   nullrecv port=P [rbuf=N] [mode=null|plain|pause|writer] [from=0] [file=F]
 //
 // mode=null    wakes for every datagram (recvmmsg, MSG_WAITFORONE) and
 //              discards: the classic ceiling, context only
@@ -10,9 +10,11 @@
 // mode=pause   batches the way udplogger does (epoll, recvmmsg until the
 //              socket is empty, udplogger's own Pacer between looks) and
 //              discards
-// mode=writer  as pause, with kernel arrival stamps (SO_TIMESTAMPNS), and
-//              one O_APPEND writev of the raw payloads per recvmmsg batch
-//              to file=F: the least any UDP logger can spend
+// mode=writer  as pause, with each sender's address and kernel arrival
+//              stamp (SO_TIMESTAMPNS), and one O_APPEND writev of the raw
+//              payloads per recvmmsg batch to file=F: the least a UDP
+//              logger that says when and from whom can spend; with from=0
+//              without the addresses (the floor as first defined)
 //
 // On SIGTERM it prints "nullrecv: received N datagrams".
 #include <fcntl.h>
@@ -39,6 +41,7 @@ void on_term(int) { stop = 1; }
 constexpr int kBatch = 64;  // as udplogger
 char bufs[kBatch][2048];
 alignas(cmsghdr) char ctrl[kBatch][64];
+sockaddr_in6 names[kBatch];
 mmsghdr msgs[kBatch];
 iovec iov[kBatch], wiov[kBatch];
 
@@ -48,12 +51,15 @@ int64_t monotonic_ns() {
   return int64_t(t.tv_sec) * 1000000000 + t.tv_nsec;
 }
 
-// One recvmmsg into the buffers (stamps: with room for the arrival time),
-// then the payloads to out if it is open; returns the datagrams read.
-int batch(int fd, int out, bool stamps, int flags) {
+// One recvmmsg into the buffers (stamps: with room for the arrival time;
+// from: for the sender's address), then the payloads to out if it is open;
+// returns the datagrams read.
+int batch(int fd, int out, bool stamps, bool from, int flags) {
   for (int i = 0; i < kBatch; i++) {
     msgs[i].msg_hdr.msg_control = stamps ? ctrl[i] : nullptr;
     msgs[i].msg_hdr.msg_controllen = stamps ? sizeof ctrl[i] : 0;
+    msgs[i].msg_hdr.msg_name = from ? &names[i] : nullptr;
+    msgs[i].msg_hdr.msg_namelen = from ? sizeof names[i] : 0;
   }
   int n = recvmmsg(fd, msgs, kBatch, flags, nullptr);
   if (n <= 0 || out < 0) return n < 0 ? 0 : n;
@@ -65,17 +71,18 @@ int batch(int fd, int out, bool stamps, int flags) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int port = 0, rbuf = 8 << 20;
+  int port = 0, rbuf = 8 << 20, from = 1;
   std::string mode = "null", file;
   for (int i = 1; i < argc; i++) {
     const char* eq = strchr(argv[i], '=');
     std::string k = eq ? std::string(argv[i], size_t(eq - argv[i])) : argv[i];
     if (k == "port") port = atoi(eq + 1);
     else if (k == "rbuf") rbuf = atoi(eq + 1);
+    else if (k == "from") from = atoi(eq + 1);
     else if (k == "mode") mode = eq + 1;
     else if (k == "file") file = eq + 1;
     else {
-      fprintf(stderr, "usage: nullrecv port=P [rbuf=N] [mode=null|plain|pause|writer] [file=F]\n");
+      fprintf(stderr, "usage: nullrecv port=P [rbuf=N] [mode=null|plain|pause|writer] [from=0] [file=F]\n");
       return 2;
     }
   }
@@ -86,6 +93,7 @@ int main(int argc, char** argv) {
   if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rbuf, sizeof rbuf) < 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rbuf, sizeof rbuf);
   bool stamps = mode == "writer";
+  bool addresses = stamps && from;
   if (stamps) setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on);
   sockaddr_in6 a = {};
   a.sin6_family = AF_INET6;
@@ -107,7 +115,7 @@ int main(int argc, char** argv) {
   fflush(stdout);
   unsigned long long total = 0;
   if (classic) {
-    while (!stop) total += unsigned(batch(fd, out, false, MSG_WAITFORONE));
+    while (!stop) total += unsigned(batch(fd, out, false, false, MSG_WAITFORONE));
   } else {  // pause, writer: udplogger's batching without its work
     int ep = epoll_create1(0);
     epoll_event ev = {};
@@ -127,7 +135,7 @@ int main(int argc, char** argv) {
       uint64_t got = 0;
       bool drained = false;
       for (int b = 0; b < 64 && !drained; b++) {
-        int n = batch(fd, out, stamps, MSG_DONTWAIT);
+        int n = batch(fd, out, stamps, addresses, MSG_DONTWAIT);
         got += uint64_t(n);
         drained = n < kBatch;
       }

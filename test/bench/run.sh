@@ -6,9 +6,9 @@
 # Debian's rsyslog, socat and linux-perf for the peers and syscall counts
 # (missing ones are skipped and say so).
 #
-# Receivers: writer (the floor: udplogger's batching and pause, kernel
-# stamps, one writev of the raw payloads per batch), pause (the same
-# without writing), null (wakes for every datagram, context only), plain
+# Receivers: writer (the floor: udplogger's batching and pause, senders'
+# addresses and kernel stamps, one writev of the raw payloads per batch),
+# bare (the writer without addresses), pause (batching alone), null (wakes for every datagram, context only), plain
 # (null plus a writev per wakeup), udplogger, v1.1 (BENCH_V11: a udplogger
 # 1.1 binary), rsyslog, socat, baseline (BENCH_BASELINE).
 #
@@ -41,7 +41,7 @@ allow16="$allow16,203.0.113.0/24,169.254.0.0/16,2001:db8::/32,fd00::/8,fe80::/10
 allow16="$allow16,2001:db8:2::/48,2001:db8:3::/48,::1,127.0.0.0/8"
 
 have() { command -v "$1" >/dev/null 2>&1; }
-receivers="writer pause null plain udplogger"
+receivers="writer bare pause null plain udplogger"
 [ -n "${BENCH_V11:-}" ] && receivers="$receivers v1.1" || echo "bench: BENCH_V11 not set (a udplogger 1.1 binary): no comparison with 1.1"
 have rsyslogd && receivers="$receivers rsyslog" || echo "bench: rsyslogd not installed (apt-get install rsyslog): skipped"
 have socat && receivers="$receivers socat" || echo "bench: socat not installed (apt-get install socat): skipped"
@@ -79,6 +79,7 @@ start_receiver() {
   case $r in
     null|pause) "$bin/nullrecv" port="$p" mode="$r" >"$d/null.out" 2>&1 & ;;
     plain|writer) "$bin/nullrecv" port="$p" mode="$r" file="$d/$r.log" >"$d/null.out" 2>&1 & ;;
+    bare) "$bin/nullrecv" port="$p" mode=writer from=0 file="$d/bare.log" >"$d/null.out" 2>&1 & ;;
     v1.1) "$BENCH_V11" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
     udplogger) "$top/udplogger" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
     allow16) "$top/udplogger" port="$p" dir="$d" $extra "$allow16" >"$d/ul.out" 2>&1 & ;;
@@ -157,6 +158,8 @@ measure() {
   got=$(received "$r" "$d")
   lost=$((lines - ${got:-0}))
   [ "$r" = null ] && lost=$((dgrams - ${got:-0}))
+  # The floors write raw fragments and partial lines: no lines to count.
+  [[ $r == writer || $r == bare ]] && [[ $name == ext-frag || $name == partial-* ]] && lost=-
   echo "$name $r $(( (b - a) / dgrams )) $lost $hwm $sys $wv $rep" >>"$results"
   rm -rf "$d"
 }

@@ -8,9 +8,10 @@
 #
 # Receivers: writer (the floor: udplogger's batching and pause, senders'
 # addresses and kernel stamps, one writev of the raw payloads per batch),
-# bare (the writer without addresses), pause (batching alone), null (wakes for every datagram, context only), plain
-# (null plus a writev per wakeup), udplogger, v1.1 (BENCH_V11: a udplogger
-# 1.1 binary), rsyslog, socat, baseline (BENCH_BASELINE).
+# bare (the writer without addresses), pause (batching alone), null (wakes
+# for every datagram, context only), plain (null plus a writev per wakeup),
+# udplogger, v1.1 (BENCH_V11: a udplogger 1.1 binary), rsyslog, socat,
+# baseline (BENCH_BASELINE).
 #
 # Environment: BENCH_REPS (3), BENCH_COUNT (200000 paced datagrams),
 # BENCH_RATE (45000/s), BENCH_BURST (1000000), BENCH_ONLY (scenario names,

@@ -73,19 +73,34 @@ wait_idle() {
   done
 }
 
+# BENCH_PIN=1 (the default on 2 or more cores): the receiver on the last
+# core, a single sending process on the others, so that neither takes the
+# other's core and the loopback's work is charged to the sender, as it is
+# in every run; several sending processes run anywhere, the receiver still
+# pinned.
+pin=${BENCH_PIN:-1}
+[ "$(nproc)" -ge 2 ] || pin=0
+recv_cpu=$(( $(nproc) - 1 ))
+on_recv_cpu=()
+on_send_cpus=()
+if [ "$pin" = 1 ]; then
+  on_recv_cpu=(taskset -c "$recv_cpu")
+  on_send_cpus=(taskset -c "0-$((recv_cpu - 1))")
+fi
+
 # Starts receiver $1 on port $2 writing into dir $3 with extra udplogger
 # options $4; sets rpid.
 start_receiver() {
   local r=$1 p=$2 d=$3 extra=$4
   case $r in
-    null|pause) "$bin/nullrecv" port="$p" mode="$r" >"$d/null.out" 2>&1 & ;;
-    plain|writer) "$bin/nullrecv" port="$p" mode="$r" file="$d/$r.log" >"$d/null.out" 2>&1 & ;;
-    bare) "$bin/nullrecv" port="$p" mode=writer from=0 file="$d/bare.log" >"$d/null.out" 2>&1 & ;;
-    v1.1) "$BENCH_V11" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
-    udplogger) "$top/udplogger" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
-    allow16) "$top/udplogger" port="$p" dir="$d" $extra "$allow16" >"$d/ul.out" 2>&1 & ;;
-    baseline) "$BENCH_BASELINE" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
-    socat) socat -u UDP6-RECV:"$p",rcvbuf=8388608 OPEN:"$d/socat.log",creat,append >"$d/socat.out" 2>&1 & ;;
+    null|pause) "${on_recv_cpu[@]}" "$bin/nullrecv" port="$p" mode="$r" >"$d/null.out" 2>&1 & ;;
+    plain|writer) "${on_recv_cpu[@]}" "$bin/nullrecv" port="$p" mode="$r" file="$d/$r.log" >"$d/null.out" 2>&1 & ;;
+    bare) "${on_recv_cpu[@]}" "$bin/nullrecv" port="$p" mode=writer from=0 file="$d/bare.log" >"$d/null.out" 2>&1 & ;;
+    v1.1) "${on_recv_cpu[@]}" "$BENCH_V11" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
+    udplogger) "${on_recv_cpu[@]}" "$top/udplogger" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
+    allow16) "${on_recv_cpu[@]}" "$top/udplogger" port="$p" dir="$d" $extra "$allow16" >"$d/ul.out" 2>&1 & ;;
+    baseline) "${on_recv_cpu[@]}" "$BENCH_BASELINE" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
+    socat) "${on_recv_cpu[@]}" socat -u UDP6-RECV:"$p",rcvbuf=8388608 OPEN:"$d/socat.log",creat,append >"$d/socat.out" 2>&1 & ;;
     rsyslog)
       cat >"$d/rsyslog.conf" <<EOF
 global(workDirectory="$d" net.enableDNS="off")
@@ -94,10 +109,10 @@ template(name="ul" type="string" string="%timegenerated:::date-rfc3339% %fromhos
 ruleset(name="r") { action(type="omfile" file="$d/rsyslog.log" template="ul") }
 input(type="imudp" port="$p" ruleset="r" rcvbufSize="8m")
 EOF
-      rsyslogd -n -f "$d/rsyslog.conf" -i "$d/rsyslog.pid" >"$d/rsyslog.out" 2>&1 & ;;
+      "${on_recv_cpu[@]}" rsyslogd -n -f "$d/rsyslog.conf" -i "$d/rsyslog.pid" >"$d/rsyslog.out" 2>&1 & ;;
     *) local v path=""  # BENCH_VARIANTS
       for v in ${BENCH_VARIANTS:-}; do [ "${v%%=*}" = "$r" ] && path=${v#*=}; done
-      "$path" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
+      "${on_recv_cpu[@]}" "$path" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
   esac
   rpid=$!
 }
@@ -134,9 +149,10 @@ measure() {
   a=$(cpu_ns "$pid")
   local procs=1 i
   if [[ $gen == procs=* ]]; then procs=${gen%% *}; procs=${procs#procs=}; gen=${gen#* }; fi
-  local gens=()
+  local gens=() where=("${on_send_cpus[@]}")
+  [ "$procs" = 1 ] || where=()
   for i in $(seq "$procs"); do
-    "$bin/loadgen" port="$p" $gen >"$d/loadgen.$i.out" &
+    "${where[@]}" "$bin/loadgen" port="$p" $gen >"$d/loadgen.$i.out" &
     gens+=($!)
   done
   wait "${gens[@]}"

@@ -49,14 +49,6 @@
 // code, so the binary stays small.
 #define UL_COLD __attribute__((cold))
 
-// GCC sees a function of prefetches alone as free of side effects and
-// deletes every call to it; noipa keeps the calls (clang keeps them anyway).
-#if defined(__GNUC__) && !defined(__clang__)
-#define UL_KEEP_CALLS __attribute__((noipa))
-#else
-#define UL_KEEP_CALLS
-#endif
-
 namespace ul {
 
 // ================================================================= options
@@ -343,23 +335,34 @@ namespace {
 // True when one of the 8 bytes in x is a control byte or DEL (the classic
 // "has a byte less than n" and "has a zero byte" tricks); TAB counts too,
 // so a hit is checked byte by byte.
-inline bool word_may_need_escape(uint64_t x) {
+inline bool word_may_need_escape(const char* p) {
   const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+  uint64_t x;
+  memcpy(&x, p, 8);
   uint64_t del = x ^ (ones * 0x7f);
   return (((x - ones * 0x20) & ~x) | ((del - ones) & ~del)) & highs;
 }
 
+// The same for 16 bytes, in one vector compare where the CPU has them
+// (SSE2 on x86-64, NEON on arm64; GCC and clang lower it elsewhere).
+typedef unsigned char Bytes16 __attribute__((vector_size(16)));
+
+inline bool block_may_need_escape(const char* p) {
+  Bytes16 x;
+  memcpy(&x, p, 16);
+  Bytes16 hit = Bytes16((x < 0x20) | (x == 0x7f));
+  uint64_t w[2];
+  memcpy(w, &hit, 16);
+  return (w[0] | w[1]) != 0;
+}
+
 // The first byte from p that needs escaping (a newline is one), or end.
-// Lines are scanned 8 bytes at a time: this is the loop every byte of
-// plain text goes through.
+// Lines are scanned 16 bytes at a time, then 8: this is the loop every
+// byte of plain text goes through.
 const char* find_control(const char* p, const char* end) {
   for (;;) {
-    while (end - p >= 8) {
-      uint64_t x;
-      memcpy(&x, p, 8);
-      if (word_may_need_escape(x)) break;
-      p += 8;
-    }
+    while (end - p >= 16 && !block_may_need_escape(p)) p += 16;
+    while (end - p >= 8 && !word_may_need_escape(p)) p += 8;
     const char* stop = end - p >= 8 ? p + 8 : end;
     for (; p < stop; p++)
       if (needs_escape(static_cast<unsigned char>(*p))) return p;
@@ -591,6 +594,7 @@ void LineWriter::begin(const Origin& o, const timespec& when) {
 }
 
 void LineWriter::text(const char* p, size_t len) {
+  if (len == 0) return;  // most lines: no partial line before them
   if (escape_ == Escape::hex) out_->copy_escaped(p, len);
   else out_->copy(p, len);
 }
@@ -692,17 +696,8 @@ void SenderTable::unhash(Sender* s) {
   *link = s->hash_next;
 }
 
-UL_KEEP_CALLS void SenderTable::prefetch(const in6_addr& addr, uint16_t port, bool sender) const {
-  const int32_t* b = &buckets_[bucket(addr, port)];
-  if (!sender) return __builtin_prefetch(b);
-  if (*b < 0) return;
-  const char* s = reinterpret_cast<const char*>(&slots_[*b]);
-  __builtin_prefetch(s);
-  __builtin_prefetch(s + 64);  // its name, for the line's prefix
-}
-
-Sender* SenderTable::find(const in6_addr& addr, uint16_t port) {
-  for (int32_t i = buckets_[bucket(addr, port)]; i >= 0; i = slots_[i].hash_next) {
+Sender* SenderTable::find(const in6_addr& addr, uint16_t port, uint32_t bucket) {
+  for (int32_t i = buckets_[bucket]; i >= 0; i = slots_[i].hash_next) {
     Sender* s = &slots_[i];
     if (s->port == port && !memcmp(&s->addr, &addr, sizeof addr)) {
       if (lru_.tail != i) {
@@ -785,21 +780,38 @@ bool Assembler::init(const Options& opts, Output* out, uint64_t hash_seed) {
   return table_.init(opts.clients, hash_seed) && nc_.init(opts.frags, opts.timeout, this, &stats_);
 }
 
-void Assembler::datagram(const Datagram& d) {
+constexpr size_t kLookups = 64;     // buckets computed and fetched at once
+constexpr long kSenderAhead = 4;    // senders fetched ahead of their datagram
+
+void Assembler::datagrams(const Datagram* d, size_t n) {
+  uint32_t bucket[kLookups];
+  for (size_t start = 0; start < n; start += kLookups) {
+    const Datagram* b = d + start;
+    long m = long(n - start < kLookups ? n - start : kLookups);
+    for (long i = 0; i < m; i++) bucket[i] = table_.prefetch_bucket(b[i].addr, b[i].port);
+    for (long i = -kSenderAhead; i < m; i++) {
+      if (i + kSenderAhead < m) table_.prefetch_sender(bucket[i + kSenderAhead]);
+      if (i >= 0) take(b[i], bucket[i]);
+    }
+  }
+}
+
+// One datagram, and with debug=1 what became of it.
+void Assembler::take(const Datagram& d, uint32_t bucket) {
   ExtHeader h;
   bool ext = false;
   if (!trace_) {
-    route(d, &h, &ext);
+    route(d, bucket, &h, &ext);
     return;
   }
   Stats before = stats_;
-  const Sender* s = route(d, &h, &ext);
+  const Sender* s = route(d, bucket, &h, &ext);
   trace(d, s, ext ? &h : nullptr, before);
 }
 
 // Takes one datagram to where it belongs; returns its sender (null for an
 // empty datagram), *ext set when it was extended netconsole, parsed in *h.
-const Sender* Assembler::route(const Datagram& d, ExtHeader* h, bool* ext) {
+const Sender* Assembler::route(const Datagram& d, uint32_t bucket, ExtHeader* h, bool* ext) {
   stats_.datagrams++;
   add_saturating(&stats_.bytes, d.len);
   if (opts_.allow.count > 0 && !opts_.allow.allows(d.addr)) {
@@ -807,7 +819,7 @@ const Sender* Assembler::route(const Datagram& d, ExtHeader* h, bool* ext) {
     return nullptr;
   }
   if (d.len == 0) return nullptr;
-  Sender* s = sender_for(d.addr, d.port, d.when);
+  Sender* s = sender_for(d, bucket);
   if (d.truncated) {
     char text[96];
     snprintf(text, sizeof text, "datagram cut to %zu bytes: larger than the receive slot", d.len);
@@ -815,7 +827,9 @@ const Sender* Assembler::route(const Datagram& d, ExtHeader* h, bool* ext) {
   }
   // A header counts only at the start of a line: a datagram that continues
   // a partial line is text, whatever it looks like.
-  *ext = opts_.ext == Ext::automatic && s->partial_len == 0 && parse_ext_header(d.data, d.len, h);
+  // (Most plain text is told by its first byte, without a call.)
+  *ext = opts_.ext == Ext::automatic && s->partial_len == 0 && d.data[0] >= '0' &&
+         d.data[0] <= '9' && parse_ext_header(d.data, d.len, h);
   if (*ext) {
     nc_.feed(s, *h, d.data, d.len, d.when);
   } else if (ends_with_datagram(s, d.data, d.len)) {
@@ -899,16 +913,16 @@ UL_COLD void Assembler::trace(const Datagram& d, const Sender* s, const ExtHeade
 
 // The sender's slot.  A new sender in a full table takes the slot of the
 // one idle longest, whose pending text is written out first: nothing lost.
-Sender* Assembler::sender_for(const in6_addr& addr, uint16_t port, const timespec& when) {
-  Sender* s = table_.find(addr, port);
+Sender* Assembler::sender_for(const Datagram& d, uint32_t bucket) {
+  Sender* s = table_.find(d.addr, d.port, bucket);
   if (s) return s;
   if (table_.full()) {
     Sender* old = table_.idle_longest();
     if (old->partial_len > 0) write_partial(old, nullptr, 0, false);
-    nc_.drop(old, when, "as its sender's slot was reused (clients=)");
+    nc_.drop(old, d.when, "as its sender's slot was reused (clients=)");
     stats_.senders_reused++;
   }
-  s = table_.add(addr, port);
+  s = table_.add(d.addr, d.port);
   s->partial_len = 0;
   s->dict_written = 0;
   nc_.forget(s);
@@ -2172,7 +2186,6 @@ constexpr int kBatch = 64;             // datagrams per recvmmsg
 constexpr size_t kSlotBytes = 65536;   // room for the largest UDP datagram
 constexpr int kBatchesPerWake = 64;    // then look at timers and signals
 constexpr uint64_t kQueued = 16;       // datagrams found at once that make a queue
-constexpr int kPrefetchAhead = 4;      // senders fetched ahead of their datagram
 constexpr size_t kArenaBytes = size_t(256) * 1024;
 constexpr int kStopDrainSeconds = 3;      // at stop, the queue is read for at most this
 // SO_MEMINFO's array (linux/sock_diag.h, a stable ABI; not in musl's headers).
@@ -2417,6 +2430,7 @@ struct Ring {
   sockaddr_in6 names[kBatch];
   alignas(cmsghdr) char ctrl[kBatch][64];
   Datagram datagrams[kBatch];
+  int filled = kBatch;  // messages the last recvmmsg wrote to
   char* data = nullptr;
   bool large = false;  // a datagram larger than a page made more of it resident
 };
@@ -2464,30 +2478,24 @@ Datagram datagram_of(const Ring& r, int i, const timespec& fallback) {
 // Receives one batch into the ring and feeds it to the assembler; returns
 // the number of datagrams, 0 when the socket is empty.
 int receive_batch(Listener* l, Ring* r, Assembler* a, Clock clock) {
-  for (int i = 0; i < kBatch; i++) {
+  for (int i = 0; i < r->filled; i++) {
     msghdr& h = r->msgs[i].msg_hdr;  // the lengths the kernel changed last time
     h.msg_namelen = sizeof r->names[i];
     h.msg_controllen = sizeof r->ctrl[i];
     h.msg_flags = 0;
   }
   int n = recvmmsg(l->fd, r->msgs, kBatch, MSG_DONTWAIT, nullptr);
+  r->filled = n > 0 ? n : 0;
   if (n <= 0) {
     if (n < 0 && errno != EAGAIN && errno != EINTR) warn("recvmmsg: %s", strerror(errno));
     return 0;
   }
-  // With many senders, finding each one is a cache miss or two: the
-  // batch's buckets are fetched first, then each sender a few ahead.
   timespec now = clock();
-  Datagram* d = r->datagrams;
   for (int i = 0; i < n; i++) {
     r->large |= r->msgs[i].msg_len > 4096;
-    d[i] = datagram_of(*r, i, now);
-    a->prefetch(d[i], false);
+    r->datagrams[i] = datagram_of(*r, i, now);
   }
-  for (int i = -kPrefetchAhead; i < n; i++) {
-    if (i + kPrefetchAhead < n) a->prefetch(d[i + kPrefetchAhead], true);
-    if (i >= 0) a->datagram(d[i]);
-  }
+  a->datagrams(r->datagrams, size_t(n));
   return n;
 }
 
@@ -2749,6 +2757,7 @@ UL_COLD void drain_for_stop(Server* s) {
         s->out.flush();
       } else {
         got = recvmmsg(l->fd, s->ring.msgs, kBatch, MSG_DONTWAIT, nullptr);
+        s->ring.filled = kBatch;  // reset them all before the next receive_batch
         if (got > 0) left += unsigned(got);
       }
       if (got < kBatch) break;
@@ -2845,7 +2854,13 @@ int loop(Server* s) {
 }  // namespace ul
 
 namespace {
-ul::Server the_server;  // the ring and the output's iovecs: static storage, not the stack
+// The ring and the output's iovecs: static storage, not the stack.  Never
+// torn down (the process ends with it), so no destructor is compiled in.
+union NeverDestroyed {
+  NeverDestroyed() : server() {}
+  ~NeverDestroyed() {}
+  ul::Server server;
+} the;
 }
 
 int main(int argc, char** argv) {
@@ -2871,7 +2886,7 @@ int main(int argc, char** argv) {
     case ul::ParseStatus::ok:
       break;
   }
-  ul::setup(&the_server, opts, ul::wall_clock);
-  return ul::loop(&the_server);
+  ul::setup(&the.server, opts, ul::wall_clock);
+  return ul::loop(&the.server);
 }
 #endif  // UDPLOGGER_NO_MAIN

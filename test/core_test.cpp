@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core_harness.h"
+#include "helpers.h"
 #include "netconsole.h"
 #include "udplogger.h"
 
@@ -251,25 +252,59 @@ TEST_CASE("output: flushes as the arena fills, nothing lost") {
   CHECK(c.cap.flushes > 10);
 }
 
-TEST_CASE("assembly: the 8-byte scan finds every control byte, at every position") {
+TEST_CASE("assembly: the 16- and 8-byte scans find every control byte, at every position") {
   for (unsigned char ctl : {0x00, 0x01, 0x09, 0x0a, 0x1b, 0x1f, 0x7f}) {
-    for (size_t pos = 0; pos < 24; pos++) {
+    for (size_t pos = 0; pos < 48; pos++) {
       Core c;
-      std::string line(23, 'a');
-      line[pos % 23] = char(ctl);
+      std::string line(47, 'a');
+      line[pos % 47] = char(ctl);
       line += "\xc3\xa9 \x80\xff";  // high bytes never count
       c.feed("10.0.0.1", 1, line + "\n", T0);
       std::string want;
       if (ctl == '\n') {
-        want = "2026-11-22 03:00:00 10.0.0.1:1 " + line.substr(0, pos % 23) + "\n";
+        want = "2026-11-22 03:00:00 10.0.0.1:1 " + line.substr(0, pos % 47) + "\n";
         c.asm_.expire(at(T0 + 100), true);
-        want += "2026-11-22 03:00:00 10.0.0.1:1 " + line.substr(pos % 23 + 1) + "\n";
+        want += "2026-11-22 03:00:00 10.0.0.1:1 " + line.substr(pos % 47 + 1) + "\n";
       } else {
         want = stamp_at(0) + "10.0.0.1:1 " + log_escape(line) + "\n";
       }
       CHECK_MESSAGE(c.text() == want, int(ctl) << " at " << pos);
     }
   }
+}
+
+TEST_CASE("assembly: a batch is written exactly as its datagrams one by one") {
+  // 150 datagrams (more than one batch of lookups): 12 senders whose
+  // partial lines join, and every 25th from a sender of its own, so that
+  // the 16 slots are reused within a batch; an empty datagram and an
+  // extended record among them.
+  Options o;
+  REQUIRE(parse({"clients=16"}, &o) == ParseStatus::ok);
+  Core one(o), batch(o);
+  std::vector<std::string> payloads;
+  for (int i = 0; i < 150; i++) {
+    if (i % 37 == 5) payloads.push_back("");
+    else if (i == 10) payloads.push_back("6,7,1000,-;an extended record\n");
+    else if (i % 5 == 0) payloads.push_back("part of " + std::to_string(i) + " ");
+    else payloads.push_back("line " + std::to_string(i) + "\n");
+  }
+  std::vector<ul::Datagram> ds(payloads.size());
+  for (size_t i = 0; i < payloads.size(); i++) {
+    ds[i].addr = v4("10.0.0.1");
+    ds[i].port = uint16_t(i % 25 == 24 ? 2000 + i : 1000 + i % 12);
+    ds[i].when = at(T0 + time_t(i / 50));
+    ds[i].data = payloads[i].data();
+    ds[i].len = payloads[i].size();
+    one.asm_.datagram(ds[i]);
+  }
+  batch.asm_.datagrams(ds.data(), ds.size());
+  one.asm_.expire(at(T0 + 100), true);
+  batch.asm_.expire(at(T0 + 100), true);
+  std::string want = one.text();
+  CHECK(count_of(want, "\n") >= 120);
+  CHECK(count_of(want, "part of 25 line 37\n") == 1);  // joined across datagrams
+  CHECK(count_of(want, " an extended record\n") == 1);
+  CHECK(batch.text() == want);
 }
 
 TEST_CASE("options: keyword options name the words they allow") {

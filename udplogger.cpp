@@ -780,7 +780,8 @@ bool Assembler::init(const Options& opts, Output* out, uint64_t hash_seed) {
   return table_.init(opts.clients, hash_seed) && nc_.init(opts.frags, opts.timeout, this, &stats_);
 }
 
-constexpr size_t kLookups = 64;     // buckets computed and fetched at once
+constexpr size_t kLookups = 64;     // senders hashed at once
+constexpr long kBucketAhead = 8;    // buckets fetched ahead of their datagram
 constexpr long kSenderAhead = 4;    // senders fetched ahead of their datagram
 
 void Assembler::datagrams(const Datagram* d, size_t n) {
@@ -788,9 +789,11 @@ void Assembler::datagrams(const Datagram* d, size_t n) {
   for (size_t start = 0; start < n; start += kLookups) {
     const Datagram* b = d + start;
     long m = long(n - start < kLookups ? n - start : kLookups);
-    for (long i = 0; i < m; i++) bucket[i] = table_.prefetch_bucket(b[i].addr, b[i].port);
-    for (long i = -kSenderAhead; i < m; i++) {
-      if (i + kSenderAhead < m) table_.prefetch_sender(bucket[i + kSenderAhead]);
+    for (long i = 0; i < m; i++) bucket[i] = table_.bucket(b[i].addr, b[i].port);
+    for (long i = -kBucketAhead; i < m; i++) {
+      long next = i + kSenderAhead;
+      if (i + kBucketAhead < m) table_.prefetch_bucket(bucket[i + kBucketAhead]);
+      if (next >= 0 && next < m) table_.prefetch_sender(bucket[next]);
       if (i >= 0) take(b[i], bucket[i]);
     }
   }

@@ -20,10 +20,12 @@
 # the previous commit's, measured in the same runs as "baseline"), BENCH_V11
 # (udplogger 1.1, built from its udplogger.c), BENCH_VARIANTS ("NAME=BINARY
 # ...": more udplogger builds, each a receiver of that name, for trying a
-# change in the same runs), BENCH_RESULTS (a file to keep
-# the raw results in: scenario receiver ns lost hwm syscalls lines-per-write
-# rep, one line per run; latency rows: scenario receiver p50 p99 max seen
-# sent rep).
+# change in the same runs), BENCH_TOGETHER (the receivers of the
+# together-* scenarios, run at the same time; "writer bare udplogger" when
+# unset), BENCH_PIN (1, the default on 2 or more cores: receivers pinned to
+# the last core), BENCH_RESULTS (a file to keep the raw results in:
+# scenario receiver ns lost hwm syscalls lines-per-write rep, one line per
+# run; latency rows: scenario receiver p50 p99 max seen sent rep).
 set -u
 cd "$(dirname "$0")/../.."
 top=$PWD
@@ -215,6 +217,59 @@ run_scenario ext-frag "count=$frag_msgs senders=16 rate=$((rate / 3)) mode=frag"
 run_scenario partial-1000 "count=1000 senders=1000 mode=partial distinct=1" 1000 1000 "clients=1024" "writer udplogger"
 run_scenario partial-5000 "count=5000 senders=5000 mode=partial distinct=1" 5000 5000 "clients=1024" "writer udplogger"
 
+# Side by side: the floors and udplogger at the same time on the same
+# core, each with a load generator of its own on the other core.  A shared
+# machine's speed changes from one run to the next (the same binary's ratio
+# to a floor run before or after it moved by up to 50%); receivers running
+# at once share every change, so their ratio holds still.  Rows are named
+# together-SCENARIO; no syscall counts (perf would see the others).
+measure_together() {
+  local name=$1 rcvs=$2 gen=$3 lines=$4 extra=$5 rep=$6
+  local r i d pids=() ports=() gens=() dirs=() a=() b=()
+  for r in $rcvs; do
+    d=$work/together.$name.$r.$RANDOM
+    mkdir -p "$d"
+    port=$((port + 1))
+    start_receiver "$r" "$port" "$d" "$extra"
+    pids+=("$rpid")
+    ports+=("$port")
+    dirs+=("$d")
+  done
+  sleep 0.5
+  for i in "${!pids[@]}"; do a[i]=$(cpu_ns "${pids[i]}"); done
+  for i in "${!pids[@]}"; do
+    "${on_send_cpus[@]}" "$bin/loadgen" port="${ports[i]}" $gen >"${dirs[i]}/loadgen.out" &
+    gens+=($!)
+  done
+  wait "${gens[@]}"
+  for i in "${!pids[@]}"; do wait_idle "${pids[i]}"; done
+  for i in "${!pids[@]}"; do b[i]=$(cpu_ns "${pids[i]}"); done
+  i=0
+  for r in $rcvs; do
+    local hwm got
+    hwm=$(hwm_kib "${pids[i]}")
+    kill -TERM "${pids[i]}"
+    wait "${pids[i]}" 2>/dev/null
+    got=$(received "$r" "${dirs[i]}")
+    echo "together-$name $r $(( (b[i] - a[i]) / lines )) $((lines - ${got:-0})) $hwm - - $rep" >>"$results"
+    rm -rf "${dirs[i]}"
+    i=$((i + 1))
+  done
+}
+
+run_together() {
+  local name=$1 gen=$2 lines=$3 extra=$4 only="writer bare udplogger" rep
+  [ -z "${BENCH_ONLY:-}" ] || [[ " $BENCH_ONLY " == *" together-$name "* ]] || return 0
+  [ -n "${BENCH_BASELINE:-}" ] && only="$only baseline"
+  [ -n "${BENCH_TOGETHER:-}" ] && only=$BENCH_TOGETHER
+  echo "bench: together-$name ($reps runs: $only at once)" >&2
+  for rep in $(seq "$reps"); do measure_together "$name" "$only" "$gen" "$lines" "$extra" "$rep"; done
+}
+run_together paced-16 "count=$count senders=16 rate=$rate" "$count" ""
+run_together paced-1000 "count=$count senders=1000 rate=$rate distinct=1" "$count" "clients=20000"
+run_together paced-10000 "count=$count senders=10000 rate=$rate distinct=1" "$count" "clients=20000"
+run_together burst "count=$burst senders=16" "$burst" ""
+
 # Throughput at saturation of n udplogger processes sharing the port
 # (reuseport=1) and the daily file: two loadgen processes flat out, 500
 # senders each; lines written per second from the first send until the
@@ -376,10 +431,18 @@ targets() {
   local table=$1 s v w
   echo
   echo "targets:"
-  for s in paced-16 paced-1000 paced-10000 burst; do
+  for s in paced-16 paced-1000 paced-10000 burst together-paced-16 together-paced-1000 \
+           together-paced-10000 together-burst; do
     v=$(cell "$s" udplogger 5 "$table")
     [ -n "$v" ] && [ "$v" != - ] && awk -v r="$v" -v s="$s" 'BEGIN {
       printf "  %s: CPU per datagram <= 1.15x the writer floor: %sx %s\n", s, r, (r <= 1.15 ? "PASS" : "FAIL") }'
+  done
+  for s in together-paced-16 together-paced-1000 together-paced-10000 together-burst; do
+    v=$(awk -v s="$s" '$1 == s && $2 == "udplogger" { u[$8] = $3 } $1 == s && $2 == "bare" { f[$8] = $3 }
+      END { for (r in u) if (f[r] > 0) print u[r] / f[r] }' "$results" | sort -n |
+      awk '{ v[NR] = $1 } END { if (NR) printf "%.2f", v[int((NR + 1) / 2)] }')
+    [ -n "$v" ] && awk -v r="$v" -v s="$s" 'BEGIN {
+      printf "  %s: CPU per datagram <= 1.15x the bare floor (no addresses): %sx %s\n", s, r, (r <= 1.15 ? "PASS" : "FAIL") }'
   done
   for s in paced-16 paced-1000 paced-10000 paced-long burst burst-long paced-400k; do
     v=$(cell "$s" udplogger 4 "$table")

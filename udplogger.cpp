@@ -489,6 +489,51 @@ void Output::flush() {
   if (iovcnt_ > 0) fn_(ctx_, has_host_ ? &host_ : nullptr, iov_, iovcnt_);
   iovcnt_ = 0;
   arena_used_ = 0;
+  line_start_ = 0;
+  line_iov_ = 0;
+}
+
+void Output::begin_line() {
+  line_start_ = arena_used_;
+  line_iov_ = iovcnt_;
+}
+
+// When the arena or the iovec list is full in the middle of a line, the
+// lines before it are written and the line moves to the front: a line is
+// never cut between two writes (processes sharing one file with
+// reuseport=1 append whole lines) unless it leaves no `need` bytes free in
+// the arena (or no iovec) on its own.
+UL_COLD void Output::make_room(size_t need) {
+  bool nothing_yet = line_iov_ == iovcnt_ && line_start_ == arena_used_;
+  if (line_iov_ == 0 || nothing_yet) return flush();  // no whole line before, or none of this one
+  char* start = arena_ + line_start_;
+  int k = line_iov_;  // the line's first iovec, or the one its start was merged into
+  size_t head = 0;    // bytes of that iovec before the line
+  char* merged = static_cast<char*>(iov_[k - 1].iov_base);
+  if (merged >= arena_ && merged < start && merged + iov_[k - 1].iov_len > start) {
+    k--;
+    head = size_t(start - merged);
+  }
+  iovec whole = iov_[k];
+  iov_[k].iov_len = head;
+  fn_(ctx_, has_host_ ? &host_ : nullptr, iov_, head ? k + 1 : k);
+  iov_[k] = whole;
+  if (head) {
+    iov_[k].iov_base = start;
+    iov_[k].iov_len -= head;
+  }
+  char* end = arena_ + arena_used_;
+  for (int i = k; i < iovcnt_; i++) {
+    char* p = static_cast<char*>(iov_[i].iov_base);
+    if (p >= start && p < end) iov_[i].iov_base = p - line_start_;
+  }
+  memmove(arena_, start, size_t(end - start));
+  memmove(iov_, iov_ + k, size_t(iovcnt_ - k) * sizeof(iovec));
+  iovcnt_ -= k;
+  arena_used_ -= line_start_;
+  line_start_ = 0;
+  line_iov_ = 0;
+  if (iovcnt_ >= kMaxIov || arena_cap_ - arena_used_ < need) flush();  // cut after all
 }
 
 // Lines about another host go out in a batch of their own.
@@ -503,7 +548,7 @@ void Output::switch_host(const in6_addr* host) {
 // Returns arena space for up to `want` bytes (at least 4), flushing first
 // when the arena or the iovec list is full.
 char* Output::reserve(size_t want, size_t* got) {
-  if (iovcnt_ >= kMaxIov || arena_cap_ - arena_used_ < 4) flush();
+  if (iovcnt_ >= kMaxIov || arena_cap_ - arena_used_ < 4) make_room(4);
   size_t room = arena_cap_ - arena_used_;
   *got = want < room ? want : room;
   return arena_ + arena_used_;
@@ -525,7 +570,7 @@ void Output::push(const char* p, size_t len) {
 
 void Output::ref(const char* p, size_t len) {
   if (len == 0) return;
-  if (iovcnt_ >= kMaxIov) flush();
+  if (iovcnt_ >= kMaxIov) make_room(0);
   push(p, len);
 }
 
@@ -587,6 +632,7 @@ const char* LineWriter::stamp(const timespec& when) {
 void LineWriter::begin(const Origin& o, const timespec& when) {
   stamp(when);
   out_->to(o.host);
+  out_->begin_line();
   char* d = out_->claim(stamp_len_ + o.name_len + 1);
   memcpy(d, stamp_, stamp_len_);
   memcpy(d + stamp_len_, o.name, o.name_len);
@@ -635,6 +681,7 @@ UL_COLD void LineWriter::notice(const in6_addr* host, const char* name, size_t n
   char line[sizeof text * 4 + kStampMax + 16];
   size_t len = format_notice(when, text, line, sizeof line);
   out_->to(host);
+  out_->begin_line();
   out_->copy(line, len);
 }
 

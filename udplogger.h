@@ -149,9 +149,13 @@ class Output {
   void copy_escaped(const char* p, size_t len);  // into the arena, control bytes as \xNN
   char* claim(size_t len);                    // len (<= 256) contiguous bytes to fill
   void flush();                               // hands what was collected to fn
+  // A line starts: making room later writes the lines before it, not a
+  // part of it.
+  void begin_line();
 
  private:
   char* reserve(size_t want, size_t* got);
+  void make_room(size_t need);
   void push(const char* p, size_t len);
   void switch_host(const in6_addr* host);
 
@@ -161,6 +165,8 @@ class Output {
   char* arena_ = nullptr;
   size_t arena_cap_ = 0;
   size_t arena_used_ = 0;
+  size_t line_start_ = 0;  // where the line being collected begins in the arena
+  int line_iov_ = 0;       // iovcnt_ when it began
   FlushFn fn_ = nullptr;
   void* ctx_ = nullptr;
   bool by_host_ = false;

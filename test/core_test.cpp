@@ -252,6 +252,49 @@ TEST_CASE("output: flushes as the arena fills, nothing lost") {
   CHECK(c.cap.flushes > 10);
 }
 
+TEST_CASE("output: a full arena writes the lines before the current one; only a line longer than the arena is cut") {
+  Core c(Options(), 1024);  // a 1 KiB arena
+  // One batch as the shell hands it over: lines escaped to 130 to 850
+  // bytes from three senders, one partial line completed, and one line
+  // that escapes to 1600 bytes, more than the arena holds.
+  std::vector<std::string> lines, payloads;
+  std::vector<uint16_t> ports;
+  for (int i = 0; i < 30; i++) {
+    std::string line = "line " + std::to_string(i) + " " + std::string(size_t(25 + i * 7), '\x01');
+    if (i == 17) line = std::string(400, '\x02');
+    lines.push_back(line);
+    uint16_t port = uint16_t(1 + i % 3);
+    if (i == 4) {  // its first half comes in a datagram of its own
+      payloads.push_back(line.substr(0, 20));
+      ports.push_back(port);
+      payloads.push_back(line.substr(20) + "\n");
+    } else {
+      payloads.push_back(line + "\n");
+    }
+    ports.push_back(port);
+  }
+  std::vector<ul::Datagram> ds(payloads.size());
+  for (size_t i = 0; i < payloads.size(); i++)
+    ds[i] = ul::Datagram{v4("10.0.0.1"), ports[i], at(T0), payloads[i].data(), payloads[i].size(), false};
+  c.asm_.datagrams(ds.data(), ds.size());
+  std::string expect;
+  for (size_t i = 0; i < lines.size(); i++)
+    expect += stamp_at(0) + "10.0.0.1:" + std::to_string(1 + i % 3) + " " + log_escape(lines[i]) + "\n";
+  CHECK(c.text() == expect);
+  CHECK(c.cap.batches.size() > 10);
+  int cut = 0;
+  for (auto& b : c.cap.batches) cut += b.second.back() != '\n';
+  CHECK(cut >= 1);  // the 1600-byte line
+  CHECK(cut <= 2);
+  for (size_t i = 0; i < lines.size(); i++) {
+    if (i == 17) continue;
+    std::string whole = "10.0.0.1:" + std::to_string(1 + i % 3) + " " + log_escape(lines[i]) + "\n";
+    bool found = false;
+    for (auto& b : c.cap.batches) found |= b.second.find(whole) != std::string::npos;
+    CHECK_MESSAGE(found, "line " << i << " was cut between two writes");
+  }
+}
+
 TEST_CASE("assembly: the 16- and 8-byte scans find every control byte, at every position") {
   for (unsigned char ctl : {0x00, 0x01, 0x09, 0x0a, 0x1b, 0x1f, 0x7f}) {
     for (size_t pos = 0; pos < 48; pos++) {

@@ -507,20 +507,17 @@ UL_COLD void Output::make_room(size_t need) {
   bool nothing_yet = line_iov_ == iovcnt_ && line_start_ == arena_used_;
   if (line_iov_ == 0 || nothing_yet) return flush();  // no whole line before, or none of this one
   char* start = arena_ + line_start_;
-  int k = line_iov_;  // the line's first iovec, or the one its start was merged into
-  size_t head = 0;    // bytes of that iovec before the line
-  char* merged = static_cast<char*>(iov_[k - 1].iov_base);
-  if (merged >= arena_ && merged < start && merged + iov_[k - 1].iov_len > start) {
+  int k = line_iov_;  // the line's first iovec
+  iovec& last = iov_[k - 1];
+  char* merged = static_cast<char*>(last.iov_base);
+  size_t rest = 0;  // the line's bytes appended to the iovec before it
+  if (merged >= arena_ && merged < start && merged + last.iov_len > start)
+    rest = size_t(merged + last.iov_len - start);
+  last.iov_len -= rest;
+  fn_(ctx_, has_host_ ? &host_ : nullptr, iov_, k);
+  if (rest) {
     k--;
-    head = size_t(start - merged);
-  }
-  iovec whole = iov_[k];
-  iov_[k].iov_len = head;
-  fn_(ctx_, has_host_ ? &host_ : nullptr, iov_, head ? k + 1 : k);
-  iov_[k] = whole;
-  if (head) {
-    iov_[k].iov_base = start;
-    iov_[k].iov_len -= head;
+    last = iovec{start, rest};
   }
   char* end = arena_ + arena_used_;
   for (int i = k; i < iovcnt_; i++) {
@@ -545,8 +542,8 @@ void Output::switch_host(const in6_addr* host) {
   if (host) host_ = *host;
 }
 
-// Returns arena space for up to `want` bytes (at least 4), flushing first
-// when the arena or the iovec list is full.
+// Returns arena space for up to `want` bytes (at least 4), making room
+// first when the arena or the iovec list is full.
 char* Output::reserve(size_t want, size_t* got) {
   if (iovcnt_ >= kMaxIov || arena_cap_ - arena_used_ < 4) make_room(4);
   size_t room = arena_cap_ - arena_used_;
@@ -587,7 +584,7 @@ void Output::copy(const char* p, size_t len) {
 }
 
 char* Output::claim(size_t len) {
-  if (iovcnt_ >= kMaxIov || arena_cap_ - arena_used_ < len) flush();
+  if (iovcnt_ >= kMaxIov || arena_cap_ - arena_used_ < len) make_room(len);
   char* d = arena_ + arena_used_;
   arena_used_ += len;
   push(d, len);
@@ -877,9 +874,8 @@ const Sender* Assembler::route(const Datagram& d, uint32_t bucket, ExtHeader* h,
   }
   // A header counts only at the start of a line: a datagram that continues
   // a partial line is text, whatever it looks like.
-  // (Most plain text is told by its first byte, without a call.)
-  *ext = opts_.ext == Ext::automatic && s->partial_len == 0 && d.data[0] >= '0' &&
-         d.data[0] <= '9' && parse_ext_header(d.data, d.len, h);
+  *ext = opts_.ext == Ext::automatic && s->partial_len == 0 &&
+         may_be_ext_header(d.data, d.len) && parse_ext_header(d.data, d.len, h);
   if (*ext) {
     nc_.feed(s, *h, d.data, d.len, d.when);
   } else if (ends_with_datagram(s, d.data, d.len)) {
@@ -1328,9 +1324,7 @@ int hex_value(char c) {
 }  // namespace
 
 bool parse_ext_header(const char* data, size_t len, ExtHeader* h) {
-  // PRI and a kernel release ("6.12.1...") both start with a digit: most
-  // plain text is told apart by its first byte.
-  if (len == 0 || data[0] < '0' || data[0] > '9') return false;
+  if (!may_be_ext_header(data, len)) return false;
   const char* end = data + (len < 160 ? len : 160);  // headers are short
   h->release = nullptr;
   h->release_len = 0;

@@ -272,6 +272,12 @@ struct ExtHeader {
   size_t body = 0;                // offset of the byte after ';'
 };
 
+// PRI and a kernel release ("6.12.1...") both start with a digit: most
+// plain text is told apart by its first byte, without a call.
+inline bool may_be_ext_header(const char* data, size_t len) {
+  return len > 0 && data[0] >= '0' && data[0] <= '9';
+}
+
 // True when data starts with an extended netconsole header (parsed into
 // *h); false for anything else, which is plain text.
 bool parse_ext_header(const char* data, size_t len, ExtHeader* h);

@@ -423,7 +423,7 @@ class RecordWriter {
 // ----------------------------------------------------------------- senders
 
 // What a lookup reads comes first: a chain walk touches one cache line.
-struct Sender {
+struct alignas(64) Sender {
   in6_addr addr;
   uint16_t port;
   uint8_t name_len;            // "IP:PORT"

@@ -104,6 +104,25 @@ TEST_CASE("prefix: sender names and stamps") {
   inet_pton(AF_INET6, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", &a);
   n = ul::format_sender(a, 65535, name);
   CHECK(std::string(name, n) == "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535");
+  // IPv4 is formatted by hand: the same text as inet_ntop, every octet
+  // value in every position, ports at the ends of their range.
+  for (unsigned v = 0; v < 256; v++) {
+    for (unsigned pos = 0; pos < 4; pos++) {
+      unsigned char b[4] = {10, 200, 3, 99};
+      b[pos] = (unsigned char)v;
+      in6_addr m = {};
+      m.s6_addr[10] = m.s6_addr[11] = 0xff;
+      memcpy(&m.s6_addr[12], b, 4);
+      uint16_t port = uint16_t(v * 257 + pos);
+      char host[INET_ADDRSTRLEN], want[64];
+      inet_ntop(AF_INET, b, host, sizeof host);
+      snprintf(want, sizeof want, "%s:%u", host, unsigned(port));
+      n = ul::format_sender(m, port, name);
+      CHECK(std::string(name, n) == want);
+      CHECK(ul::format_host(m, name) == strlen(host));
+      CHECK(std::string(name) == host);
+    }
+  }
 
   ScopedZone utc("UTC");
   char stamp[ul::kStampMax + 1];
@@ -295,23 +314,30 @@ TEST_CASE("output: a full arena writes the lines before the current one; only a 
   }
 }
 
-TEST_CASE("assembly: the 16- and 8-byte scans find every control byte, at every position") {
+TEST_CASE("assembly: the 32-, 16- and 8-byte scans find every control byte, at every position") {
+  // Lengths around each block size: the scan's last 16 bytes overlap
+  // bytes already scanned, and text under 16 bytes is scanned by words.
+  std::vector<size_t> lengths;
+  for (size_t n = 1; n <= 20; n++) lengths.push_back(n);
+  for (size_t n : {31, 32, 33, 47, 48, 49, 63, 64, 65, 80}) lengths.push_back(n);
   for (unsigned char ctl : {0x00, 0x01, 0x09, 0x0a, 0x1b, 0x1f, 0x7f}) {
-    for (size_t pos = 0; pos < 48; pos++) {
-      Core c;
-      std::string line(47, 'a');
-      line[pos % 47] = char(ctl);
-      line += "\xc3\xa9 \x80\xff";  // high bytes never count
-      c.feed("10.0.0.1", 1, line + "\n", T0);
-      std::string want;
-      if (ctl == '\n') {
-        want = "2026-11-22 03:00:00 10.0.0.1:1 " + line.substr(0, pos % 47) + "\n";
-        c.asm_.expire(at(T0 + 100), true);
-        want += "2026-11-22 03:00:00 10.0.0.1:1 " + line.substr(pos % 47 + 1) + "\n";
-      } else {
-        want = stamp_at(0) + "10.0.0.1:1 " + log_escape(line) + "\n";
+    for (size_t len : lengths) {
+      for (size_t pos = 0; pos < len; pos++) {
+        Core c;
+        std::string line(len, 'a');
+        line[pos] = char(ctl);
+        if (len > 8) line.replace(len - 5, 5, "\xc3\xa9\x80\xff~");  // high bytes never count
+        if (pos >= len - 5 && len > 8) line[pos] = char(ctl);
+        c.feed("10.0.0.1", 1, line + "\n", T0);
+        std::string want;
+        if (ctl == '\n') {
+          want = "2026-11-22 03:00:00 10.0.0.1:1 " + line.substr(0, pos) + "\n";
+          want += "2026-11-22 03:00:00 10.0.0.1:1 " + line.substr(pos + 1) + "\n";
+        } else {
+          want = stamp_at(0) + "10.0.0.1:1 " + log_escape(line) + "\n";
+        }
+        CHECK_MESSAGE(c.text() == want, int(ctl) << " at " << pos << " of " << len);
       }
-      CHECK_MESSAGE(c.text() == want, int(ctl) << " at " << pos);
     }
   }
 }

@@ -335,17 +335,6 @@ UL_COLD ParseStatus parse_options(int argc, char* const* argv, Options* o, char*
 
 namespace {
 
-// True when one of the 8 bytes in x is a control byte or DEL (the classic
-// "has a byte less than n" and "has a zero byte" tricks); TAB counts too,
-// so a hit is checked byte by byte.
-inline bool word_may_need_escape(const char* p) {
-  const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
-  uint64_t x;
-  memcpy(&x, p, 8);
-  uint64_t del = x ^ (ones * 0x7f);
-  return (((x - ones * 0x20) & ~x) | ((del - ones) & ~del)) & highs;
-}
-
 // Bit i set when byte i of the 16 at p needs escaping: SSE2 on x86-64
 // (every x86-64 CPU has it), else GCC's vector extension (NEON on arm64).
 #ifdef __SSE2__
@@ -372,7 +361,7 @@ inline unsigned escape_bits16(const char* p) {
 // The first byte from p that needs escaping (a newline is one), or end.
 // This is the loop every byte of plain text goes through: 32 bytes at a
 // time, then 16, the last 16 overlapping bytes already known clean; text
-// shorter than 16 bytes 8 at a time, then byte by byte.
+// shorter than 16 bytes byte by byte.
 const char* find_control(const char* p, const char* end) {
   if (end - p >= 16) {
     for (; end - p > 32; p += 32)
@@ -383,7 +372,6 @@ const char* find_control(const char* p, const char* end) {
     unsigned bits = escape_bits16(end - 16);
     return bits ? end - 16 + __builtin_ctz(bits) : end;
   }
-  while (end - p >= 8 && !word_may_need_escape(p)) p += 8;
   for (; p < end; p++)
     if (needs_escape(static_cast<unsigned char>(*p))) return p;
   return end;
@@ -688,6 +676,21 @@ void LineWriter::text(const char* p, size_t len) {
 // Short lines are copied next to their prefix, so that a batch of them is
 // one piece of memory for writev; long ones are referenced in place.
 constexpr size_t kCopyMax = 512;
+
+// A short clean line whose newline follows it, the most common one:
+// prefix and text claimed at once.
+void LineWriter::short_line(const Origin& o, const timespec& when, const char* p, size_t len) {
+  stamp(when);
+  out_->to(o.host);
+  out_->begin_line();
+  size_t head = stamp_len_ + o.name_len + 1;
+  char* d = out_->claim(head + len + 1);
+  memcpy(d, stamp_, stamp_len_);
+  memcpy(d + stamp_len_, o.name, o.name_len);
+  d[head - 1] = ' ';
+  memcpy(d + head, p, len + 1);
+  stats_->lines++;
+}
 
 void LineWriter::end_with(const char* p, size_t len, bool newline_follows, bool clean) {
   if (escape_ == Escape::hex && !clean && any_escape(p, len)) {
@@ -1034,6 +1037,8 @@ UL_COLD void Assembler::kernel_dropped(uint32_t n, const timespec& now) {
 // its newline when newline_in_b), then a newline if needed.
 void Assembler::write_line(Sender* s, const timespec& when, const char* a, size_t alen,
                            const char* b, size_t blen, bool newline_in_b, bool b_clean) {
+  if (alen == 0 && newline_in_b && b_clean && blen < kCopyMax)  // most lines
+    return lines_.short_line(s->origin(), when, b, blen);
   lines_.begin(s->origin(), when);
   lines_.text(a, alen);
   lines_.end_with(b, blen, newline_in_b, b_clean);

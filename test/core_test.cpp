@@ -314,9 +314,9 @@ TEST_CASE("output: a full arena writes the lines before the current one; only a 
   }
 }
 
-TEST_CASE("assembly: the 32-, 16- and 8-byte scans find every control byte, at every position") {
+TEST_CASE("assembly: the 32- and 16-byte scans and the byte loop find every control byte, at every position") {
   // Lengths around each block size: the scan's last 16 bytes overlap
-  // bytes already scanned, and text under 16 bytes is scanned by words.
+  // bytes already scanned, and text under 16 bytes is scanned bytewise.
   std::vector<size_t> lengths;
   for (size_t n = 1; n <= 20; n++) lengths.push_back(n);
   for (size_t n : {31, 32, 33, 47, 48, 49, 63, 64, 65, 80}) lengths.push_back(n);

@@ -217,7 +217,8 @@ class LineWriter {
   // p[len] is its newline when newline_follows.  clean: p needs no escaping.
   void end_with(const char* p, size_t len, bool newline_follows, bool clean);
   void end();
-  // begin, then end_with(p, len, true, true) for len < kCopyMax, faster.
+  // What begin, then end_with(p, len, true, true) write, in one piece of
+  // the arena: for a clean line under 512 bytes, the most common one.
   void short_line(const Origin& o, const timespec& when, const char* p, size_t len);
   // "STAMP udplogger: [NAME: ]text": a notice, about host (null: the
   // daemon) and the sender called name (null: none).

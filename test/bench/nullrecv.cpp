@@ -1,7 +1,7 @@
 // The floors of the benchmark: receivers that do the least a UDP logger
 // can do, so that udplogger's cost is compared with like.
 //
-//   nullrecv port=P [rbuf=N] [mode=null|plain|pause|writer] [from=0] [file=F]
+//   nullrecv port=P [rbuf=N] [mode=null|plain|pause|writer|format] [from=0] [file=F]
 //
 // mode=null    wakes for every datagram (recvmmsg, MSG_WAITFORONE) and
 //              discards: the classic ceiling, context only
@@ -15,6 +15,10 @@
 //              payloads per recvmmsg batch to file=F: the least a UDP
 //              logger that says when and from whom can spend; with from=0
 //              without the addresses (the floor as first defined)
+// mode=format  as writer, each payload behind a fixed prefix as long as
+//              udplogger's ("2026-11-30 23:59:59 127.0.0.1:12345 "),
+//              copied into one buffer written once per batch: what the
+//              line format costs the kernel, without udplogger's work
 //
 // On SIGTERM it prints "nullrecv: received N datagrams".
 #include <fcntl.h>
@@ -44,6 +48,9 @@ alignas(cmsghdr) char ctrl[kBatch][64];
 sockaddr_in6 names[kBatch];
 mmsghdr msgs[kBatch];
 iovec iov[kBatch], wiov[kBatch];
+const char kPrefix[] = "2026-11-30 23:59:59 127.0.0.1:12345 ";
+constexpr size_t kPrefixLen = sizeof kPrefix - 1;
+char lines[kBatch * (kPrefixLen + sizeof bufs[0])];
 
 int64_t monotonic_ns() {
   timespec t;
@@ -52,9 +59,9 @@ int64_t monotonic_ns() {
 }
 
 // One recvmmsg into the buffers (stamps: with room for the arrival time;
-// from: for the sender's address), then the payloads to out if it is open;
-// returns the datagrams read.
-int batch(int fd, int out, bool stamps, bool from, int flags) {
+// from: for the sender's address), then the payloads to out if it is open,
+// behind kPrefix when prefixed; returns the datagrams read.
+int batch(int fd, int out, bool stamps, bool from, bool prefixed, int flags) {
   for (int i = 0; i < kBatch; i++) {
     msgs[i].msg_hdr.msg_control = stamps ? ctrl[i] : nullptr;
     msgs[i].msg_hdr.msg_controllen = stamps ? sizeof ctrl[i] : 0;
@@ -63,8 +70,20 @@ int batch(int fd, int out, bool stamps, bool from, int flags) {
   }
   int n = recvmmsg(fd, msgs, kBatch, flags, nullptr);
   if (n <= 0 || out < 0) return n < 0 ? 0 : n;
-  for (int i = 0; i < n; i++) wiov[i] = {bufs[i], msgs[i].msg_len};
-  if (writev(out, wiov, n) < 0) perror("nullrecv: writev");
+  int iovcnt = n;
+  if (prefixed) {
+    size_t used = 0;
+    for (int i = 0; i < n; i++) {
+      memcpy(lines + used, kPrefix, kPrefixLen);
+      memcpy(lines + used + kPrefixLen, bufs[i], msgs[i].msg_len);
+      used += kPrefixLen + msgs[i].msg_len;
+    }
+    wiov[0] = {lines, used};
+    iovcnt = 1;
+  } else {
+    for (int i = 0; i < n; i++) wiov[i] = {bufs[i], msgs[i].msg_len};
+  }
+  if (writev(out, wiov, iovcnt) < 0) perror("nullrecv: writev");
   return n;
 }
 
@@ -82,7 +101,7 @@ int main(int argc, char** argv) {
     else if (k == "mode") mode = eq + 1;
     else if (k == "file") file = eq + 1;
     else {
-      fprintf(stderr, "usage: nullrecv port=P [rbuf=N] [mode=null|plain|pause|writer] [from=0] [file=F]\n");
+      fprintf(stderr, "usage: nullrecv port=P [rbuf=N] [mode=null|plain|pause|writer|format] [from=0] [file=F]\n");
       return 2;
     }
   }
@@ -92,7 +111,8 @@ int main(int argc, char** argv) {
   setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off);
   if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rbuf, sizeof rbuf) < 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rbuf, sizeof rbuf);
-  bool stamps = mode == "writer";
+  bool prefixed = mode == "format";
+  bool stamps = mode == "writer" || prefixed;
   bool addresses = stamps && from;
   if (stamps) setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on);
   sockaddr_in6 a = {};
@@ -115,8 +135,8 @@ int main(int argc, char** argv) {
   fflush(stdout);
   unsigned long long total = 0;
   if (classic) {
-    while (!stop) total += unsigned(batch(fd, out, false, false, MSG_WAITFORONE));
-  } else {  // pause, writer: udplogger's batching without its work
+    while (!stop) total += unsigned(batch(fd, out, false, false, false, MSG_WAITFORONE));
+  } else {  // pause, writer, format: udplogger's batching without its work
     int ep = epoll_create1(0);
     epoll_event ev = {};
     ev.events = EPOLLIN;
@@ -135,7 +155,7 @@ int main(int argc, char** argv) {
       uint64_t got = 0;
       bool drained = false;
       for (int b = 0; b < 64 && !drained; b++) {
-        int n = batch(fd, out, stamps, addresses, MSG_DONTWAIT);
+        int n = batch(fd, out, stamps, addresses, prefixed, MSG_DONTWAIT);
         got += uint64_t(n);
         drained = n < kBatch;
       }

@@ -917,11 +917,9 @@ const Sender* Assembler::route(const Datagram& d, uint32_t bucket, ExtHeader* h,
   }
   if (d.len == 0) return nullptr;
   Sender* s = sender_for(d, bucket);
-  if (d.truncated) {
-    char text[96];
-    snprintf(text, sizeof text, "datagram cut to %zu bytes: larger than the receive slot", d.len);
-    sender_notice(s, d.when, text);
-  }
+  if (d.truncated)
+    lines_.notice(&s->addr, s->name, s->name_len, d.when,
+                  "datagram cut to %zu bytes: larger than the receive slot", d.len);
   // A header counts only at the start of a line: a datagram that continues
   // a partial line is text, whatever it looks like.
   *ext = opts_.ext == Ext::automatic && s->partial_len == 0 &&

@@ -367,8 +367,9 @@ const char* find_control(const char* p, const char* end) {
     for (; end - p > 32; p += 32)
       if (unsigned bits = escape_bits16(p) | escape_bits16(p + 16) << 16)
         return p + __builtin_ctz(bits);
-    for (; end - p > 16; p += 16)
+    if (end - p > 16) {  // 17 to 32 bytes left
       if (unsigned bits = escape_bits16(p)) return p + __builtin_ctz(bits);
+    }
     unsigned bits = escape_bits16(end - 16);
     return bits ? end - 16 + __builtin_ctz(bits) : end;
   }
@@ -657,15 +658,21 @@ const char* LineWriter::stamp(const timespec& when) {
   return stamp_;
 }
 
-void LineWriter::begin(const Origin& o, const timespec& when) {
+// Claims a new line's prefix ("STAMP NAME ") and `extra` bytes after it
+// in one piece of the arena; returns where the extra bytes go.
+char* LineWriter::prefix(const Origin& o, const timespec& when, size_t extra) {
   stamp(when);
   out_->to(o.host);
   out_->begin_line();
-  char* d = out_->claim(stamp_len_ + o.name_len + 1);
+  size_t head = stamp_len_ + o.name_len + 1;
+  char* d = out_->claim(head + extra);
   memcpy(d, stamp_, stamp_len_);
   memcpy(d + stamp_len_, o.name, o.name_len);
-  d[stamp_len_ + o.name_len] = ' ';
+  d[head - 1] = ' ';
+  return d + head;
 }
+
+void LineWriter::begin(const Origin& o, const timespec& when) { prefix(o, when, 0); }
 
 void LineWriter::text(const char* p, size_t len) {
   if (len == 0) return;  // most lines: no partial line before them
@@ -680,15 +687,7 @@ constexpr size_t kCopyMax = 512;
 // A short clean line whose newline follows it, the most common one:
 // prefix and text claimed at once.
 void LineWriter::short_line(const Origin& o, const timespec& when, const char* p, size_t len) {
-  stamp(when);
-  out_->to(o.host);
-  out_->begin_line();
-  size_t head = stamp_len_ + o.name_len + 1;
-  char* d = out_->claim(head + len + 1);
-  memcpy(d, stamp_, stamp_len_);
-  memcpy(d + stamp_len_, o.name, o.name_len);
-  d[head - 1] = ' ';
-  memcpy(d + head, p, len + 1);
+  memcpy(prefix(o, when, len + 1), p, len + 1);
   stats_->lines++;
 }
 

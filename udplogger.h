@@ -147,7 +147,7 @@ class Output {
   void ref(const char* p, size_t len);        // zero copy; valid until flush
   void copy(const char* p, size_t len);       // into the arena
   void copy_escaped(const char* p, size_t len);  // into the arena, control bytes as \xNN
-  char* claim(size_t len);                    // len (<= 256) contiguous bytes to fill
+  char* claim(size_t len);                    // len (< 1 KiB) contiguous bytes to fill
   void flush();                               // hands what was collected to fn
   // A line starts: making room later writes the lines before it, not a
   // part of it.
@@ -230,6 +230,7 @@ class LineWriter {
 
  private:
   const char* stamp(const timespec& when);  // this second's stamp, cached
+  char* prefix(const Origin& o, const timespec& when, size_t extra);
   Output* out_ = nullptr;
   Stats* stats_ = nullptr;
   Escape escape_ = Escape::hex;

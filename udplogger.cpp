@@ -2316,7 +2316,6 @@ struct Listener {
   uint32_t drops_seen;                // the socket's drop counter when last reported
 };
 
-// Formats a socket address as "a.b.c.d:port" or "[v6]:port".
 // A socket address as the core sees senders: IPv6, IPv4 as v4-mapped.
 void address_of(const sockaddr_in6& sa, in6_addr* addr, uint16_t* port) {
   if (sa.sin6_family == AF_INET) {

@@ -78,7 +78,7 @@ FUZZ_FLAGS = -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize
 	-I. -DUDPLOGGER_NO_MAIN
 
 # fuzz-core builds the scan that CPUs without SSE2 (arm64 and others) run,
-# so that it is tested on x86-64 too; fuzz-raw and the tests the SSE2 one.
+# so that it is tested on x86-64 too; fuzz-raw and the tests run the SSE2 one.
 test/fuzz/fuzz-core: FUZZ_SCAN = -U__SSE2__
 
 test/fuzz/fuzz-core test/fuzz/fuzz-raw: test/fuzz/fuzz-%: test/fuzz/fuzz_%.cpp test/fuzz/harness.cpp test/fuzz/harness.h udplogger.cpp udplogger.h

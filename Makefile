@@ -6,14 +6,12 @@ CXX ?= g++
 CXXFLAGS ?= -O2 -g
 HARDENING = -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE
 WARNINGS = -Wall -Wextra
-# No exceptions and no RTTI: the daemon needs nothing from libstdc++, so
-# it links against libc alone.
-# Small enough for a rescue image (under 64 KiB stripped): no unwind tables
-# (nothing unwinds without exceptions; -g keeps what debuggers need) and
-# unused sections dropped.
-SMALL = -fno-asynchronous-unwind-tables -ffunction-sections -fdata-sections
-DAEMON_FLAGS = -std=c++17 -fno-exceptions -fno-rtti $(SMALL) $(WARNINGS) $(HARDENING)
-DAEMON_LDFLAGS = -pie -Wl,-z,relro,-z,now -Wl,--as-needed -Wl,--gc-sections
+DAEMON_FLAGS = -std=c++17 $(WARNINGS) $(HARDENING)
+# No exceptions and no RTTI, after the packager's flags (Fedora's have
+# -fexceptions): the daemon needs nothing from libstdc++, so it links
+# against libc alone, and statically with musl.
+DAEMON_ONLY = -fno-exceptions -fno-rtti
+DAEMON_LDFLAGS = -pie -Wl,-z,relro,-z,now -Wl,--as-needed
 TEST_FLAGS = -std=c++17 $(WARNINGS) -I. -I/usr/include/doctest
 PREFIX ?= /usr/local
 SBINDIR ?= $(PREFIX)/sbin
@@ -29,11 +27,11 @@ TEST_SOURCES = test/main.cpp test/core_test.cpp test/daemon_test.cpp test/netcon
 all: udplogger
 
 udplogger: udplogger.cpp udplogger.h
-	$(CXX) $(CPPFLAGS) $(DAEMON_FLAGS) $(CXXFLAGS) -o $@ udplogger.cpp $(DAEMON_LDFLAGS) $(LDFLAGS)
+	$(CXX) $(CPPFLAGS) $(DAEMON_FLAGS) $(CXXFLAGS) $(DAEMON_ONLY) -o $@ udplogger.cpp $(DAEMON_LDFLAGS) $(LDFLAGS)
 
 # For rescue images: statically linked, needing no /etc and no environment
 # (numeric ids, no DNS, no locale).  With musl (Debian: musl-tools) it is
-# about 110 KiB stripped; otherwise glibc, static-pie, about 900 KiB.
+# a few hundred KiB; otherwise glibc, static-pie, about 1 MiB.
 MUSL_SPECS ?= $(firstword $(wildcard /usr/lib/*/musl-gcc.specs /usr/lib/musl/lib/musl-gcc.specs /usr/local/musl/lib/musl-gcc.specs))
 ifneq ($(MUSL_SPECS),)
 STATIC_FLAGS = -specs $(MUSL_SPECS) -static
@@ -44,7 +42,7 @@ endif
 static: udplogger-static
 
 udplogger-static: udplogger.cpp udplogger.h
-	$(CXX) $(STATIC_FLAGS) $(CPPFLAGS) $(DAEMON_FLAGS) $(CXXFLAGS) -o $@ udplogger.cpp -Wl,-z,relro,-z,now $(LDFLAGS)
+	$(CXX) $(STATIC_FLAGS) $(CPPFLAGS) $(DAEMON_FLAGS) $(CXXFLAGS) $(DAEMON_ONLY) -o $@ udplogger.cpp -Wl,-z,relro,-z,now $(LDFLAGS)
 
 test/udplogger-core.o: udplogger.cpp udplogger.h
 	$(CXX) $(CPPFLAGS) $(TEST_FLAGS) $(CXXFLAGS) -DUDPLOGGER_NO_MAIN -c -o $@ udplogger.cpp

@@ -48,10 +48,6 @@
 #include <emmintrin.h>
 #endif
 
-// Start-up, error and report paths: optimized for size, away from the hot
-// code, so the binary stays small.
-#define UL_COLD __attribute__((cold))
-
 namespace ul {
 
 // ================================================================= options
@@ -131,7 +127,7 @@ void store_number(Options* o, const char* key, unsigned long v) {
   else if (!strcmp(key, "reuseport")) o->reuseport = unsigned(v);
 }
 
-UL_COLD ParseStatus parse_number_option(const NumberOption& n, const char* value, Options* o,
+ParseStatus parse_number_option(const NumberOption& n, const char* value, Options* o,
                                 char* err, size_t errlen) {
   unsigned long v = 0;
   const char* range_fmt = n.base == 8 ? "%s=%s: %s (allowed: octal %04lo..%04lo)"
@@ -175,7 +171,7 @@ void store_word(Options* o, const char* key, int i) {
   else if (!strcmp(key, "dict")) o->dict = Dict(i);
 }
 
-UL_COLD ParseStatus parse_word_option(const WordOption& w, const char* value, Options* o,
+ParseStatus parse_word_option(const WordOption& w, const char* value, Options* o,
                                       char* err, size_t errlen) {
   for (int i = 0; i < 3 && w.words[i]; i++) {
     if (strcmp(value, w.words[i]) != 0) continue;
@@ -190,7 +186,7 @@ UL_COLD ParseStatus parse_word_option(const WordOption& w, const char* value, Op
 // Fills net from one allow= entry, "ADDR" or "ADDR/BITS"; false with
 // *why set.  A network with bits set past its prefix is refused: that is
 // a typo more often than not.
-UL_COLD bool parse_net(const char* entry, AllowList::Net* net, char* why, size_t whylen) {
+bool parse_net(const char* entry, AllowList::Net* net, char* why, size_t whylen) {
   char text[INET6_ADDRSTRLEN + 8];
   size_t len = strlen(entry);
   if (len >= sizeof text) {
@@ -233,7 +229,7 @@ UL_COLD bool parse_net(const char* entry, AllowList::Net* net, char* why, size_t
 }
 
 // allow=CIDR[,CIDR...]: replaces the list.
-UL_COLD ParseStatus parse_allow(const char* value, Options* o, char* err, size_t errlen) {
+ParseStatus parse_allow(const char* value, Options* o, char* err, size_t errlen) {
   AllowList& l = o->allow;
   l.count = 0;
   char why[160] = "an empty list";
@@ -267,7 +263,7 @@ UL_COLD ParseStatus parse_allow(const char* value, Options* o, char* err, size_t
 }
 
 // Parses one key=value; returns usage_error for an unknown key.
-UL_COLD ParseStatus parse_one(const char* key, size_t keylen, const char* value,
+ParseStatus parse_one(const char* key, size_t keylen, const char* value,
                       Options* o, char* err, size_t errlen) {
   char k[16];
   if (keylen >= sizeof k) return ParseStatus::usage_error;
@@ -302,7 +298,7 @@ UL_COLD ParseStatus parse_one(const char* key, size_t keylen, const char* value,
 
 }  // namespace
 
-UL_COLD ParseStatus parse_options(int argc, char* const* argv, Options* o, char* err,
+ParseStatus parse_options(int argc, char* const* argv, Options* o, char* err,
                           size_t errlen) {
   err[0] = '\0';
   for (int i = 1; i < argc; i++) {
@@ -417,7 +413,7 @@ size_t escape_text(const char* src, size_t len, char* dst) {
 }
 
 // "YYYY-MM-DD hh:mm:ss " or "YYYY-MM-DDThh:mm:ss.uuuuuu+hh:mm ".
-UL_COLD size_t format_stamp(StampStyle style, const timespec& t, char out[kStampMax + 1]) {
+size_t format_stamp(StampStyle style, const timespec& t, char out[kStampMax + 1]) {
   struct tm tm;
   localtime_r(&t.tv_sec, &tm);
   int year = tm.tm_year + 1900;
@@ -468,7 +464,7 @@ time_t next_local_midnight(time_t t) {
 }
 
 // v in decimal at p; returns the end.
-UL_COLD char* put_decimal(char* p, unsigned v) {
+char* put_decimal(char* p, unsigned v) {
   char digits[10];
   int n = 0;
   do digits[n++] = char('0' + v % 10); while ((v /= 10) != 0);
@@ -478,7 +474,7 @@ UL_COLD char* put_decimal(char* p, unsigned v) {
 
 // IPv4 by hand: glibc's inet_ntop goes through sprintf, which made naming
 // a new sender cost as much as writing a hundred lines.
-UL_COLD size_t format_host(const in6_addr& addr, char* out) {
+size_t format_host(const in6_addr& addr, char* out) {
   if (!IN6_IS_ADDR_V4MAPPED(&addr)) {
     inet_ntop(AF_INET6, &addr, out, kHostNameMax);
     return strlen(out);
@@ -492,7 +488,7 @@ UL_COLD size_t format_host(const in6_addr& addr, char* out) {
   return size_t(p - out);
 }
 
-UL_COLD size_t format_sender(const in6_addr& addr, uint16_t port, char* out) {
+size_t format_sender(const in6_addr& addr, uint16_t port, char* out) {
   bool v6 = !IN6_IS_ADDR_V4MAPPED(&addr);
   char* p = out;
   if (v6) *p++ = '[';
@@ -535,7 +531,7 @@ void Output::begin_line() {
 // never cut between two writes (processes sharing one file with
 // reuseport=1 append whole lines) unless it leaves no `need` bytes free in
 // the arena (or no iovec) on its own.
-UL_COLD void Output::make_room(size_t need) {
+void Output::make_room(size_t need) {
   bool nothing_yet = line_iov_ == iovcnt_ && line_start_ == arena_used_;
   if (line_iov_ == 0 || nothing_yet) return flush();  // no whole line before, or none of this one
   char* start = arena_ + line_start_;
@@ -712,7 +708,7 @@ void LineWriter::end() {
 }
 
 // Notices are always escaped and are not counted as lines received.
-UL_COLD void LineWriter::notice(const in6_addr* host, const char* name, size_t name_len,
+void LineWriter::notice(const in6_addr* host, const char* name, size_t name_len,
                         const timespec& when, const char* fmt, ...) {
   char text[512];
   int n = name ? snprintf(text, sizeof text, "%.*s: ", int(name_len), name) : 0;
@@ -729,7 +725,7 @@ UL_COLD void LineWriter::notice(const in6_addr* host, const char* name, size_t n
 
 // Its own stamp, not the cached one: a sink may ask for a notice while a
 // line is being begun.
-UL_COLD size_t LineWriter::format_notice(const timespec& when, const char* text, char* out,
+size_t LineWriter::format_notice(const timespec& when, const char* text, char* out,
                                  size_t len) {
   char st[kStampMax + 1];
   size_t stlen = format_stamp(style_, when, st);
@@ -955,7 +951,7 @@ void Assembler::refuse(const Datagram& d) {
   if (timespec_le(refused_notice_at_, d.when)) report_refused(d.when);
 }
 
-UL_COLD void Assembler::report_refused(const timespec& now) {
+void Assembler::report_refused(const timespec& now) {
   char who[kSenderNameMax];
   format_sender(refused_addr_, refused_port_, who);
   lines_.notice(nullptr, nullptr, 0, now,
@@ -970,7 +966,7 @@ UL_COLD void Assembler::report_refused(const timespec& now) {
 
 // debug=1: one line per datagram, like sshd -d: who, how long, and what
 // became of it, told from what it changed in the statistics.
-UL_COLD void Assembler::trace(const Datagram& d, const Sender* s, const ExtHeader* h,
+void Assembler::trace(const Datagram& d, const Sender* s, const ExtHeader* h,
                       const Stats& before) {
   char who[kSenderNameMax], what[160], line[400];
   format_sender(d.addr, d.port, who);
@@ -1022,7 +1018,7 @@ Sender* Assembler::sender_for(const Datagram& d, uint32_t bucket) {
   return s;
 }
 
-UL_COLD void Assembler::kernel_dropped(uint32_t n, const timespec& now) {
+void Assembler::kernel_dropped(uint32_t n, const timespec& now) {
   if (n == 0) return;
   add_saturating(&stats_.kernel_drops, n);
   lines_.notice(nullptr, nullptr, 0, now,
@@ -1203,7 +1199,7 @@ timespec Assembler::next_deadline() const {
   return due;
 }
 
-UL_COLD void Assembler::notice(const timespec& now, const char* fmt, ...) {
+void Assembler::notice(const timespec& now, const char* fmt, ...) {
   char text[512];
   va_list ap;
   va_start(ap, fmt);
@@ -1212,11 +1208,11 @@ UL_COLD void Assembler::notice(const timespec& now, const char* fmt, ...) {
   lines_.notice(nullptr, nullptr, 0, now, "%s", text);
 }
 
-UL_COLD void Assembler::sender_notice(Sender* s, const timespec& when, const char* text) {
+void Assembler::sender_notice(Sender* s, const timespec& when, const char* text) {
   lines_.notice(&s->addr, s->name, s->name_len, when, "%s", text);
 }
 
-UL_COLD void Assembler::format_stats(char* buf, size_t len) const {
+void Assembler::format_stats(char* buf, size_t len) const {
   const Stats& t = stats_;
   snprintf(buf, len,
            "statistics: datagrams=%llu bytes=%llu lines=%llu records=%llu "
@@ -1411,7 +1407,7 @@ void Netconsole::forget(Sender* s) {
   n.cut_next = 0;
 }
 
-UL_COLD void Netconsole::notice(Sender* s, const timespec& when, const char* fmt, ...) {
+void Netconsole::notice(Sender* s, const timespec& when, const char* fmt, ...) {
   char text[400];
   va_list ap;
   va_start(ap, fmt);
@@ -1842,7 +1838,7 @@ void warn(const char* fmt, ...) {
 
 // ------------------------------------------------------------------- sinks
 
-UL_COLD bool open_log_dir(const char* dir, unsigned perm, LogDir* d, char* why, size_t whylen) {
+bool open_log_dir(const char* dir, unsigned perm, LogDir* d, char* why, size_t whylen) {
   d->perm = perm;
   snprintf(d->given, sizeof d->given, "%s", dir);
   if (!realpath(dir, d->path) ||
@@ -1853,7 +1849,7 @@ UL_COLD bool open_log_dir(const char* dir, unsigned perm, LogDir* d, char* why, 
   return true;
 }
 
-UL_COLD bool reopen_log_dir(LogDir* d, char* why, size_t whylen) {
+bool reopen_log_dir(LogDir* d, char* why, size_t whylen) {
   int fd = open(d->given, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) {
     snprintf(why, whylen, "%s", strerror(errno));
@@ -1866,7 +1862,7 @@ UL_COLD bool reopen_log_dir(LogDir* d, char* why, size_t whylen) {
   return true;
 }
 
-UL_COLD int open_log_file(int dirfd, const char* name, unsigned perm, bool* cut, char* why,
+int open_log_file(int dirfd, const char* name, unsigned perm, bool* cut, char* why,
                   size_t whylen) {
   // Read as well as append: the last byte tells whether a line was cut.
   const int flags = O_RDWR | O_APPEND | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
@@ -1980,7 +1976,7 @@ bool LogFile::write(const iovec* iov, int iovcnt, const char* dir, const char* n
 
 // Counts what could not be written; the first error of an episode is said
 // on stderr, the rest only counted.
-UL_COLD void LogFile::lose(const iovec* iov, int iovcnt, int err, const char* dir, const char* name,
+void LogFile::lose(const iovec* iov, int iovcnt, int err, const char* dir, const char* name,
                    const NoticeMaker& nm, WriteLoss* loss) {
   size_t lines = count_lines(iov, iovcnt), bytes = 0;
   for (int i = 0; i < iovcnt; i++) bytes += iov[i].iov_len;
@@ -2001,7 +1997,7 @@ UL_COLD void LogFile::lose(const iovec* iov, int iovcnt, int err, const char* di
 
 // Before the next lines: a newline if a line was cut, and a notice of what
 // was lost or found cut.  False (errno set) when it cannot be written.
-UL_COLD bool LogFile::mend(const char* dir, const char* name, const NoticeMaker& nm) {
+bool LogFile::mend(const char* dir, const char* name, const NoticeMaker& nm) {
   static const char kCut[] = "[... line cut here ...]\n";
   char text[400], line[2048];
   size_t n = 0;
@@ -2035,7 +2031,7 @@ UL_COLD bool LogFile::mend(const char* dir, const char* name, const NoticeMaker&
   return true;
 }
 
-UL_COLD bool DailyFile::open(LogDir* dir, time_t now, char* why, size_t whylen) {
+bool DailyFile::open(LogDir* dir, time_t now, char* why, size_t whylen) {
   dir_ = dir;
   char reason[256];
   if (switch_to(now, reason, sizeof reason)) return true;
@@ -2052,7 +2048,7 @@ DailyFile::~DailyFile() {
 
 // Points the log at the file for the local date of `now`; on failure keeps
 // the current file (if any) and returns false with *why set.
-UL_COLD bool DailyFile::switch_to(time_t now, char* why, size_t whylen) {
+bool DailyFile::switch_to(time_t now, char* why, size_t whylen) {
   char name[16];
   log_file_name(now, name);
   bool cut = false;
@@ -2092,7 +2088,7 @@ void DailyFile::tick(time_t now) {
   next_switch_ = now + 60;  // try again in a minute
 }
 
-UL_COLD void DailyFile::reopen(time_t now) {
+void DailyFile::reopen(time_t now) {
   if (away_) return come_back(now);
   char why[256];
   if (!reopen_log_dir(dir_, why, sizeof why)) return go_away(now, why);
@@ -2102,7 +2098,7 @@ UL_COLD void DailyFile::reopen(time_t now) {
 
 // DIR is gone or unusable: the old file (moved or removed with it) gets no
 // more lines; they wait in memory.
-UL_COLD void DailyFile::go_away(time_t now, const char* why) {
+void DailyFile::go_away(time_t now, const char* why) {
   warn("cannot use log directory %s: %s; keeping up to %zu KiB of lines in memory and trying "
        "again every %d s", dir_->given, why, kKeptMax >> 10, kRetrySeconds);
   file_.close_file();
@@ -2113,7 +2109,7 @@ UL_COLD void DailyFile::go_away(time_t now, const char* why) {
 }
 
 // Keeps a batch while DIR is gone, whole or (no room) not at all, counted.
-UL_COLD void DailyFile::keep(const iovec* iov, int iovcnt, WriteLoss* loss) {
+void DailyFile::keep(const iovec* iov, int iovcnt, WriteLoss* loss) {
   static const char kCut[] = "[... line cut here ...]\n";
   size_t bytes = 0, lines = count_lines(iov, iovcnt);
   for (int i = 0; i < iovcnt; i++) bytes += iov[i].iov_len;
@@ -2136,7 +2132,7 @@ UL_COLD void DailyFile::keep(const iovec* iov, int iovcnt, WriteLoss* loss) {
 }
 
 // DIR is back: today's file gets a notice of the gap, then the kept lines.
-UL_COLD void DailyFile::come_back(time_t now) {
+void DailyFile::come_back(time_t now) {
   char why[256];
   if (!reopen_log_dir(dir_, why, sizeof why) || !switch_to(now, why, sizeof why)) {
     retry_at_ = now + kRetrySeconds;
@@ -2162,7 +2158,7 @@ UL_COLD void DailyFile::come_back(time_t now) {
   lost_lines_ = lost_bytes_ = 0;
 }
 
-UL_COLD bool HostFiles::open(LogDir* dir, unsigned files, time_t now, char* why, size_t whylen) {
+bool HostFiles::open(LogDir* dir, unsigned files, time_t now, char* why, size_t whylen) {
   dir_ = dir;
   today_ = now;
   capacity_ = files;
@@ -2332,7 +2328,7 @@ void address_of(const sockaddr_in6& sa, in6_addr* addr, uint16_t* port) {
 
 // Creates and binds the UDP socket for ip= and port=; every failure is
 // fatal and names the address.
-UL_COLD void create_listener(const Options& o, Listener* l) {
+void create_listener(const Options& o, Listener* l) {
   sockaddr_storage ss = {};
   auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
   auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
@@ -2370,7 +2366,7 @@ UL_COLD void create_listener(const Options& o, Listener* l) {
 // Socket activation: systemd (or any parent holding the sockets across
 // restarts) passes them as fds 3.. with LISTEN_FDS and LISTEN_PID.  Each
 // must be a UDP socket; returns how many were taken, 0 when none passed.
-UL_COLD int inherit_listeners(Listener* ls) {
+int inherit_listeners(Listener* ls) {
   const char* pid = getenv("LISTEN_PID");
   const char* fds = getenv("LISTEN_FDS");
   if (!pid || !fds || strtol(pid, nullptr, 10) != long(getpid())) return 0;
@@ -2401,7 +2397,7 @@ UL_COLD int inherit_listeners(Listener* ls) {
 // Sets what the loop relies on: the receive buffer, kernel arrival times
 // and the drop counter.  Works on any UDP socket, made here or handed in;
 // a buffer the socket unit already made larger is kept.
-UL_COLD void tune_listener(const Options& o, Listener* l) {
+void tune_listener(const Options& o, Listener* l) {
   int rbuf = int(o.rbuf);
   socklen_t len = sizeof l->rbuf_granted;
   getsockopt(l->fd, SOL_SOCKET, SO_RCVBUF, &l->rbuf_granted, &len);
@@ -2420,7 +2416,7 @@ UL_COLD void tune_listener(const Options& o, Listener* l) {
 
 // Names the address the socket serves, as the kernel sees it, and whether
 // it takes IPv4 too.
-UL_COLD void describe_listener(Listener* l) {
+void describe_listener(Listener* l) {
   sockaddr_in6 ss = {};
   socklen_t len = sizeof ss;
   if (getsockname(l->fd, reinterpret_cast<sockaddr*>(&ss), &len) < 0) return;
@@ -2443,7 +2439,7 @@ struct Notifier {
   int fd = -1;
 };
 
-UL_COLD void notify_open(Notifier* n) {
+void notify_open(Notifier* n) {
   const char* path = getenv("NOTIFY_SOCKET");
   if (!path || (path[0] != '/' && path[0] != '@')) return;
   sockaddr_un sa = {};
@@ -2479,7 +2475,7 @@ void notify(const Notifier& n, const char* fmt, ...) {
 
 // Switches to gid and uid (supplementary groups cleared first) and checks
 // that it cannot switch back; any failure is fatal.
-UL_COLD void drop_privileges(const Options& o) {
+void drop_privileges(const Options& o) {
   if (o.uid < 0 && o.gid < 0) return;
   if (geteuid() == 0 && setgroups(0, nullptr) < 0)
     die("cannot clear supplementary groups: %s", strerror(errno));
@@ -2498,7 +2494,7 @@ UL_COLD void drop_privileges(const Options& o) {
 
 // split=host keeps up to files= log files open: make sure the limit allows
 // them, raising the soft limit towards the hard one if needed.
-UL_COLD void ensure_file_limit(const Options& o) {
+void ensure_file_limit(const Options& o) {
   if (o.split != Split::host) return;
   rlim_t need = rlim_t(o.files) + 32;  // the socket, epoll, signals, stdio, the day file
   rlimit rl;
@@ -2527,7 +2523,7 @@ struct Ring {
   bool large = false;  // a datagram larger than a page made more of it resident
 };
 
-UL_COLD void ring_init(Ring* r) {
+void ring_init(Ring* r) {
   void* p = mmap(nullptr, kBatch * kSlotBytes, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) die("cannot map %zu bytes of receive ring: %s",
@@ -2636,7 +2632,7 @@ int milliseconds_until(const timespec& due, const timespec& now) {
   return ms > 60000 ? 60000 : int(ms);
 }
 
-UL_COLD int open_signals() {
+int open_signals() {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
@@ -2653,13 +2649,13 @@ UL_COLD int open_signals() {
 // "listening on UDP ..., writing ...; options": the start-up line on
 // stdout, the start notice in the log and systemd's status.
 // The word for value i of a keyword option (kWordOptions), for the start-up line.
-UL_COLD const char* word_of(const char* key, int i) {
+const char* word_of(const char* key, int i) {
   for (const WordOption& w : kWordOptions)
     if (!strcmp(key, w.key)) return w.words[i];
   return "?";
 }
 
-UL_COLD void describe_start(const Server& s, char* out, size_t len) {
+void describe_start(const Server& s, char* out, size_t len) {
   const Options& o = s.opts;
   size_t n = size_t(snprintf(out, len, "listening on UDP "));
   for (int i = 0; i < s.nlisteners && n < len; i++) {
@@ -2695,7 +2691,7 @@ UL_COLD void describe_start(const Server& s, char* out, size_t len) {
 
 // Opens the log directory and the sockets, drops privileges, opens the
 // sink and prepares the loop; every failure is fatal and says why.
-UL_COLD void setup(Server* s, const Options& o, Clock clock) {
+void setup(Server* s, const Options& o, Clock clock) {
   s->opts = o;
   s->clock = clock;
   char why[4400];
@@ -2759,7 +2755,7 @@ UL_COLD void setup(Server* s, const Options& o, Clock clock) {
 
 // The statistics line, into the log (after `why`) and on stderr, and a
 // short status for systemd.
-UL_COLD void report_stats(Server* s, const char* why) {
+void report_stats(Server* s, const char* why) {
   char line[768];
   s->assembler.format_stats(line, sizeof line);
   const WriteLoss& w = s->sink->losses();
@@ -2835,7 +2831,7 @@ void check_all_drops(Server* s) {
 
 // At stop: reads everything queued, for at most kStopDrainSeconds; what is
 // still queued then is read, counted and said in a notice, not written.
-UL_COLD void drain_for_stop(Server* s) {
+void drain_for_stop(Server* s) {
   timespec deadline = s->clock();
   deadline.tv_sec += kStopDrainSeconds;
   for (int i = 0; i < s->nlisteners; i++) {
@@ -2948,13 +2944,8 @@ int loop(Server* s) {
 }  // namespace ul
 
 namespace {
-// The ring and the output's iovecs: static storage, not the stack.  Never
-// torn down (the process ends with it), so no destructor is compiled in.
-union NeverDestroyed {
-  NeverDestroyed() : server() {}
-  ~NeverDestroyed() {}
-  ul::Server server;
-} the;
+// The ring and the output's iovecs are large: static storage, not the stack.
+ul::Server server;
 }
 
 int main(int argc, char** argv) {
@@ -2980,7 +2971,7 @@ int main(int argc, char** argv) {
     case ul::ParseStatus::ok:
       break;
   }
-  ul::setup(&the.server, opts, ul::wall_clock);
-  return ul::loop(&the.server);
+  ul::setup(&server, opts, ul::wall_clock);
+  return ul::loop(&server);
 }
 #endif  // UDPLOGGER_NO_MAIN

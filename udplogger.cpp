@@ -810,9 +810,13 @@ Sender* SenderTable::add(const in6_addr& addr, uint16_t port) {
     unhash(s);
     lru_.unlink(slots_, index(s));
   }
+  // The one place a sender is born.  Its partial-line buffer was given
+  // back when its last partial line was written (slots start zeroed).
   s->addr = addr;
   s->port = port;
   s->name_len = uint8_t(format_sender(addr, port, s->name));
+  s->partial_len = 0;
+  s->dict_written = 0;
   uint32_t b = bucket(addr, port);
   s->hash_next = buckets_[b];
   buckets_[b] = index(s);
@@ -866,7 +870,7 @@ bool Assembler::init(const Options& opts, Output* out, uint64_t hash_seed) {
   out_ = out;
   lines_.init(opts, out, &stats_);
   records_.init(&lines_, opts.wbuf, &stats_);
-  return table_.init(opts.clients, hash_seed) && nc_.init(opts.frags, opts.timeout, this, &stats_);
+  return table_.init(opts.clients, hash_seed) && nc_.init(opts.clients, opts.frags, opts.timeout);
 }
 
 constexpr size_t kLookups = 64;     // senders hashed at once
@@ -891,37 +895,40 @@ void Assembler::datagrams(const Datagram* d, size_t n) {
 // One datagram, and with debug=1 what became of it.
 void Assembler::take(const Datagram& d, uint32_t bucket) {
   ExtHeader h;
-  bool ext = false;
+  const Sender* s = nullptr;
   if (!trace_) {
-    route(d, bucket, &h, &ext);
+    route(d, bucket, &h, &s);
     return;
   }
-  Stats before = stats_;
-  const Sender* s = route(d, bucket, &h, &ext);
-  trace(d, s, ext ? &h : nullptr, before);
+  uint64_t lines = stats_.lines;
+  Outcome what = route(d, bucket, &h, &s);
+  trace(d, s, h, what, stats_.lines - lines);
 }
 
-// Takes one datagram to where it belongs; returns its sender (null for an
-// empty datagram), *ext set when it was extended netconsole, parsed in *h.
-const Sender* Assembler::route(const Datagram& d, uint32_t bucket, ExtHeader* h, bool* ext) {
+// Takes one datagram to where it belongs: extended netconsole to the
+// machine, everything else (and what the machine gives back) to text
+// assembly.  *sender is set unless it was refused or empty; h holds its
+// extended header, if it had one.
+Assembler::Outcome Assembler::route(const Datagram& d, uint32_t bucket, ExtHeader* h,
+                                    const Sender** sender) {
   stats_.datagrams++;
   add_saturating(&stats_.bytes, d.len);
   if (opts_.allow.count > 0 && !opts_.allow.allows(d.addr)) {
     refuse(d);
-    return nullptr;
+    return Outcome::refused;
   }
-  if (d.len == 0) return nullptr;
+  if (d.len == 0) return Outcome::empty;
   Sender* s = sender_for(d, bucket);
+  *sender = s;
   if (d.truncated)
     lines_.notice(&s->addr, s->name, s->name_len, d.when,
                   "datagram cut to %zu bytes: larger than the receive slot", d.len);
   // A header counts only at the start of a line: a datagram that continues
   // a partial line is text, whatever it looks like.
-  *ext = opts_.ext == Ext::automatic && s->partial_len == 0 &&
-         may_be_ext_header(d.data, d.len) && parse_ext_header(d.data, d.len, h);
-  if (*ext) {
-    nc_.feed(s, *h, d.data, d.len, d.when);
-  } else if (ends_with_datagram(s, d.data, d.len)) {
+  if (opts_.ext == Ext::automatic && s->partial_len == 0 && may_be_ext_header(d.data, d.len) &&
+      parse_ext_header(d.data, d.len, h))
+    return netconsole(s, d, *h);
+  if (ends_with_datagram(s, d.data, d.len)) {
     size_t len = d.len;
     while (len > 0 && d.data[len - 1] == '\0') len--;  // C strings sent with their NUL
     if (len > 0 && d.data[len - 1] == '\r') len--;     // CRLF without the LF
@@ -929,7 +936,106 @@ const Sender* Assembler::route(const Datagram& d, uint32_t bucket, ExtHeader* h,
   } else {
     join_text(s, d.data, d.len, d.when, false);
   }
-  return s;
+  return Outcome::text;
+}
+
+// An extended netconsole datagram: fed to the machine, its events written;
+// a fragment that fits no record is written as text after them.
+Assembler::Outcome Assembler::netconsole(Sender* s, const Datagram& d, const ExtHeader& h) {
+  if (h.fragment) stats_.fragments++;
+  Netconsole::Fed fed = nc_.feed(uint32_t(table_.index(s)), s->addr, h, d.data, d.len, d.when);
+  Outcome what = take_events(h.fragment ? Outcome::held : Outcome::record);
+  if (fed == Netconsole::Fed::not_extended) join_text(s, d.data, d.len, d.when, true);
+  return what;
+}
+
+// Writes and counts what the machine's last call handed back; returns
+// `outcome`, or what the events say became of the datagram fed.
+Assembler::Outcome Assembler::take_events(Outcome outcome) {
+  NetconsoleEvent e;
+  while (nc_.next(&e)) outcome = event(e, outcome);
+  return outcome;
+}
+
+Assembler::Outcome Assembler::event(const NetconsoleEvent& e, Outcome outcome) {
+  Sender* s = &table_.slots()[e.sender];
+  unsigned long long seq = e.seq, last = e.last, n = e.last - e.seq + 1;
+  switch (e.kind) {
+    case NetconsoleEvent::Kind::record:
+      stats_.records++;
+      if (e.reassembled) {
+        stats_.reassembled++;
+        outcome = Outcome::completed;
+      }
+      record(s, e.record);
+      break;
+    case NetconsoleEvent::Kind::incomplete: {
+      static const char* const kWhy[] = {
+          "", "after timeout=", "at exit", "with newer records of its sender in reassembly",
+          "with newer records of its sender address in reassembly",
+          "to make room: reassembly table full (frags=)",
+          "as its sender's slot was reused (clients=)"};
+      stats_.incomplete++;
+      sender_notice(s, e.when, "record seq %llu incomplete %s: %u of %u bytes missing", seq,
+                    kWhy[int(e.why)], e.bytes, e.total);
+      stats_.records++;
+      record(s, e.record);
+      break;
+    }
+    case NetconsoleEvent::Kind::release:
+      sender_notice(s, e.when, "kernel release %.*s", int(e.release_len), e.release);
+      break;
+    case NetconsoleEvent::Kind::release_changed:
+      sender_notice(s, e.when, "kernel release changed from %.*s to %.*s", int(e.previous_len),
+                    e.previous, int(e.release_len), e.release);
+      break;
+    case NetconsoleEvent::Kind::gap:
+      add_saturating(&stats_.missing, n);
+      sender_notice(s, e.when, "%llu record%s not received: seq %llu..%llu; %s", n,
+                    n == 1 ? "" : "s", seq, last,
+                    e.msgid_known ? "filtered by the sender's console loglevel"
+                                  : "lost on the way or filtered by the sender's console loglevel");
+      break;
+    case NetconsoleEvent::Kind::lost:
+      add_saturating(&stats_.lost_in_transit, n);
+      sender_notice(s, e.when, "%llu record%s lost in transit: msgid %llu..%llu", n,
+                    n == 1 ? "" : "s", seq, last);
+      break;
+    case NetconsoleEvent::Kind::restart:
+      sender_notice(s, e.when, "sequence restarted at seq %llu after seq %llu: sender rebooted?",
+                    seq, last);
+      break;
+    case NetconsoleEvent::Kind::again:
+      sender_notice(s, e.when, "seq %llu again after seq %llu: sender restarted, or a duplicated "
+                    "datagram", seq, last);
+      break;
+    case NetconsoleEvent::Kind::late:
+      sender_notice(s, e.when, "late fragment of seq %llu (ncfrag=%u/%u) written as its own "
+                    "piece: its record was written incomplete", seq, e.off, e.total);
+      stats_.late_fragments++;
+      record(s, e.record);
+      outcome = Outcome::late;
+      break;
+    case NetconsoleEvent::Kind::duplicate:
+      stats_.duplicates++;
+      sender_notice(s, e.when, "late or duplicate fragment of seq %llu (ncfrag=%u/%u) ignored: "
+                    "its record was written already", seq, e.off, e.total);
+      outcome = Outcome::duplicate;
+      break;
+    case NetconsoleEvent::Kind::malformed:
+      stats_.malformed++;
+      sender_notice(s, e.when, "malformed fragment (seq %llu, ncfrag=%u/%u, %u bytes): written "
+                    "as text", seq, e.off, e.total, e.bytes);
+      outcome = Outcome::malformed;
+      break;
+    case NetconsoleEvent::Kind::inconsistent:
+      stats_.malformed++;
+      sender_notice(s, e.when, "fragment of seq %llu says %u bytes in all, earlier ones %u: "
+                    "written as text", seq, e.total, e.bytes);
+      outcome = Outcome::malformed;
+      break;
+  }
+  return outcome;
 }
 
 // eol=: whether the datagram's end ends its last line.  auto: for a syslog
@@ -965,38 +1071,48 @@ void Assembler::report_refused(const timespec& now) {
 }
 
 // debug=1: one line per datagram, like sshd -d: who, how long, and what
-// became of it, told from what it changed in the statistics.
-void Assembler::trace(const Datagram& d, const Sender* s, const ExtHeader* h,
-                      const Stats& before) {
-  char who[kSenderNameMax], what[160], line[400];
+// became of it, as route() said.
+void Assembler::trace(const Datagram& d, const Sender* s, const ExtHeader& h, Outcome what,
+                      uint64_t lines) {
+  char who[kSenderNameMax], text[160], line[400];
   format_sender(d.addr, d.port, who);
-  unsigned long long lines = stats_.lines - before.lines;
-  if (stats_.refused > before.refused) {
-    snprintf(what, sizeof what, "refused: not in allow=");
-  } else if (!s) {
-    snprintf(what, sizeof what, "empty: nothing to write");
-  } else if (!h) {
-    snprintf(what, sizeof what, "text: %llu line%s written, %u bytes wait for a newline", lines,
-             lines == 1 ? "" : "s", s->partial_len);
-  } else if (stats_.malformed > before.malformed) {
-    snprintf(what, sizeof what, "extended seq %llu: malformed, written as text (%llu lines)",
-             (unsigned long long)h->seq, lines);
-  } else if (stats_.late_fragments > before.late_fragments) {
-    snprintf(what, sizeof what, "extended fragment seq %llu ncfrag=%u/%u: late, written as its "
-             "own piece", (unsigned long long)h->seq, h->frag_off, h->frag_total);
-  } else if (stats_.duplicates > before.duplicates) {
-    snprintf(what, sizeof what, "extended fragment seq %llu ncfrag=%u/%u: dropped, its record "
-             "was written already", (unsigned long long)h->seq, h->frag_off, h->frag_total);
-  } else if (h->fragment) {
-    snprintf(what, sizeof what, "extended fragment seq %llu ncfrag=%u/%u (%zu bytes): %s",
-             (unsigned long long)h->seq, h->frag_off, h->frag_total, d.len - h->body,
-             stats_.reassembled > before.reassembled ? "record complete, written"
-                                                     : "held for reassembly");
-  } else {
-    snprintf(what, sizeof what, "extended record seq %llu <%u>: %llu line%s written",
-             (unsigned long long)h->seq, h->pri, lines, lines == 1 ? "" : "s");
+  unsigned long long seq = h.seq, n = lines;
+  const char* plural = n == 1 ? "" : "s";
+  switch (what) {
+    case Outcome::refused:
+      snprintf(text, sizeof text, "refused: not in allow=");
+      break;
+    case Outcome::empty:
+      snprintf(text, sizeof text, "empty: nothing to write");
+      break;
+    case Outcome::text:
+      snprintf(text, sizeof text, "text: %llu line%s written, %u bytes wait for a newline", n,
+               plural, s->partial_len);
+      break;
+    case Outcome::malformed:
+      snprintf(text, sizeof text, "extended seq %llu: malformed, written as text (%llu lines)",
+               seq, n);
+      break;
+    case Outcome::late:
+      snprintf(text, sizeof text, "extended fragment seq %llu ncfrag=%u/%u: late, written as "
+               "its own piece", seq, h.frag_off, h.frag_total);
+      break;
+    case Outcome::duplicate:
+      snprintf(text, sizeof text, "extended fragment seq %llu ncfrag=%u/%u: dropped, its record "
+               "was written already", seq, h.frag_off, h.frag_total);
+      break;
+    case Outcome::held:
+    case Outcome::completed:
+      snprintf(text, sizeof text, "extended fragment seq %llu ncfrag=%u/%u (%zu bytes): %s", seq,
+               h.frag_off, h.frag_total, d.len - h.body,
+               what == Outcome::completed ? "record complete, written" : "held for reassembly");
+      break;
+    case Outcome::record:
+      snprintf(text, sizeof text, "extended record seq %llu <%u>: %llu line%s written", seq,
+               h.pri, n, plural);
+      break;
   }
-  snprintf(line, sizeof line, "debug: %s %zu bytes: %s", who, d.len, what);
+  snprintf(line, sizeof line, "debug: %s %zu bytes: %s", who, d.len, text);
   trace_(line);
 }
 
@@ -1008,13 +1124,12 @@ Sender* Assembler::sender_for(const Datagram& d, uint32_t bucket) {
   if (table_.full()) {
     Sender* old = table_.idle_longest();
     if (old->partial_len > 0) write_partial(old, nullptr, 0, false);
-    nc_.drop(old, d.when, "as its sender's slot was reused (clients=)");
+    nc_.drop(uint32_t(table_.index(old)), d.when);
+    take_events(Outcome::text);
     stats_.senders_reused++;
   }
   s = table_.add(d.addr, d.port);
-  s->partial_len = 0;
-  s->dict_written = 0;
-  nc_.forget(s);
+  nc_.forget(uint32_t(table_.index(s)));
   return s;
 }
 
@@ -1185,6 +1300,7 @@ void Assembler::expire(const timespec& now, bool all) {
   if (refused_unreported_ > 0 && (all || timespec_le(refused_notice_at_, now)))
     report_refused(now);
   nc_.expire(now, all);
+  take_events(Outcome::text);
 }
 
 timespec Assembler::next_deadline() const {
@@ -1208,7 +1324,12 @@ void Assembler::notice(const timespec& now, const char* fmt, ...) {
   lines_.notice(nullptr, nullptr, 0, now, "%s", text);
 }
 
-void Assembler::sender_notice(Sender* s, const timespec& when, const char* text) {
+void Assembler::sender_notice(Sender* s, const timespec& when, const char* fmt, ...) {
+  char text[400];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(text, sizeof text, fmt, ap);
+  va_end(ap);
   lines_.notice(&s->addr, s->name, s->name_len, when, "%s", text);
 }
 
@@ -1231,9 +1352,7 @@ void Assembler::format_stats(char* buf, size_t len) const {
            (unsigned long long)t.senders_reused);
 }
 
-// What Netconsole hands back: a record is written as lines, a notice goes
-// to the sender's file, and text that was not a valid fragment after all
-// goes out as plain lines of its own.
+// A record as lines, its dictionary as dict= says.
 void Assembler::record(Sender* s, const ExtRecord& r) {
   ExtRecord shown = r;
   if (opts_.dict != Dict::all) shown.len = dictionary_shown(s, r);
@@ -1263,13 +1382,6 @@ void Assembler::files_changed() {
   for (size_t i = 0; i < table_.size(); i++) table_.slots()[i].dict_written = 0;
 }
 
-void Assembler::notice(Sender* s, const timespec& when, const char* text) {
-  sender_notice(s, when, text);
-}
-
-void Assembler::text(Sender* s, const char* data, size_t len, const timespec& when) {
-  join_text(s, data, len, when, true);
-}
 // ================================================================== pacing
 
 long Pacer::woke(uint64_t n, int64_t now_ns) {
@@ -1386,20 +1498,28 @@ bool parse_ext_header(const char* data, size_t len, ExtHeader* h) {
   return true;
 }
 
-bool Netconsole::init(unsigned frags, unsigned timeout, NetconsoleEvents* out, Stats* stats) {
-  out_ = out;
-  stats_ = stats;
+bool Netconsole::init(unsigned senders, unsigned frags, unsigned timeout) {
   timeout_ = timeout;
   frags_ = frags;
-  // Reassembly buffers: reserved now, resident only once used.
-  pool_ = static_cast<Reassembly*>(calloc(frags, sizeof(Reassembly)));
-  return pool_ != nullptr;
+  // Reserved now, resident only once used.  A feed finishes at most three
+  // records before it starts one, and finished ones stay readable until
+  // the next call: three entries more than frags.
+  senders_ = static_cast<NetconsoleState*>(calloc(senders, sizeof(NetconsoleState)));
+  pool_ = static_cast<Reassembly*>(calloc(frags + kFinishedPerFeed, sizeof(Reassembly)));
+  events_ = static_cast<NetconsoleEvent*>(calloc(frags + kEventsPerFeed, sizeof(NetconsoleEvent)));
+  event_cap_ = frags + kEventsPerFeed;
+  for (unsigned i = 0; i < senders && senders_; i++) forget(i);
+  return senders_ && pool_ && events_;
 }
 
-Netconsole::~Netconsole() { free(pool_); }
+Netconsole::~Netconsole() {
+  free(senders_);
+  free(pool_);
+  free(events_);
+}
 
-void Netconsole::forget(Sender* s) {
-  NetconsoleState& n = s->nc;
+void Netconsole::forget(uint32_t id) {
+  NetconsoleState& n = senders_[id];
   n.seq_known = n.msgid_known = n.seq_resumable = false;
   n.release_len = 0;
   for (int32_t& r : n.inflight) r = -1;
@@ -1407,41 +1527,63 @@ void Netconsole::forget(Sender* s) {
   n.cut_next = 0;
 }
 
-void Netconsole::notice(Sender* s, const timespec& when, const char* fmt, ...) {
-  char text[400];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(text, sizeof text, fmt, ap);
-  va_end(ap);
-  out_->notice(s, when, text);
+bool Netconsole::next(NetconsoleEvent* e) {
+  if (event_head_ == event_count_) return false;
+  *e = events_[event_head_++];
+  return true;
 }
 
-void Netconsole::feed(Sender* s, const ExtHeader& h, const char* data, size_t len,
-                      const timespec& when) {
-  check_release(s, h, when);
-  if (h.fragment) fragment(s, h, data, len, when);
-  else record(s, h, data, len, when);
+// Starts a call that queues events: the previous call's events were
+// pulled, so the records they pointed to may be reused now.
+void Netconsole::begin_call() {
+  event_head_ = event_count_ = 0;
+  while (finished_head_ >= 0) {
+    int32_t idx = finished_head_;
+    finished_head_ = pool_[idx].age_next;
+    pool_[idx].age_next = free_head_;
+    free_head_ = idx;
+  }
+}
+
+NetconsoleEvent* Netconsole::event(NetconsoleEvent::Kind kind, uint32_t id, const timespec& when) {
+  NetconsoleEvent* e = &events_[event_count_++];
+  *e = NetconsoleEvent();
+  e->kind = kind;
+  e->sender = id;
+  e->when = when;
+  return e;
+}
+
+Netconsole::Fed Netconsole::feed(uint32_t id, const in6_addr& addr, const ExtHeader& h,
+                                 const char* data, size_t len, const timespec& when) {
+  begin_call();
+  check_release(id, h, when);
+  if (h.fragment) return fragment(id, addr, h, data, len, when);
+  record(id, h, data, len, when);
+  return Fed::taken;
 }
 
 // Notes the kernel release when a sender first sends one or changes it.
-void Netconsole::check_release(Sender* s, const ExtHeader& h, const timespec& when) {
-  NetconsoleState& n = s->nc;
+void Netconsole::check_release(uint32_t id, const ExtHeader& h, const timespec& when) {
+  NetconsoleState& n = senders_[id];
   if (h.release_len == 0 ||
       (h.release_len == n.release_len && !memcmp(h.release, n.release, h.release_len)))
     return;
-  if (n.release_len == 0)
-    notice(s, when, "kernel release %.*s", int(h.release_len), h.release);
-  else  // a new kernel: its records count from 0 again
-    notice(s, when, "kernel release changed from %.*s to %.*s", int(n.release_len), n.release,
-           int(h.release_len), h.release);
+  NetconsoleEvent* e = event(n.release_len == 0 ? NetconsoleEvent::Kind::release
+                                                : NetconsoleEvent::Kind::release_changed, id, when);
+  e->release = h.release;
+  e->release_len = h.release_len;
+  memcpy(previous_release_, n.release, n.release_len);  // a new kernel: its records count from 0 again
+  e->previous = previous_release_;
+  e->previous_len = n.release_len;
   n.seq_known = n.msgid_known = false;
   memcpy(n.release, h.release, h.release_len);
   n.release_len = uint8_t(h.release_len);
 }
 
 // Tracks SEQ: reports gaps and restarts; true for a record seen before.
-bool Netconsole::seen_before(Sender* s, uint64_t seq, const timespec& when) {
-  NetconsoleState& n = s->nc;
+bool Netconsole::seen_before(uint32_t id, uint64_t seq, const timespec& when) {
+  NetconsoleState& n = senders_[id];
   if (!n.seq_known) {
     restart_seq(&n, seq);
     return false;
@@ -1450,12 +1592,10 @@ bool Netconsole::seen_before(Sender* s, uint64_t seq, const timespec& when) {
     uint64_t gap = seq - n.last_seq - 1;
     bool resumed = n.seq_resumable && seq == n.resume_seq + 1;  // it was a duplicate
     if (gap > 0 && !resumed) {
-      add_saturating(&stats_->missing, gap);
-      notice(s, when, "%llu record%s not received: seq %llu..%llu; %s",
-             (unsigned long long)gap, gap == 1 ? "" : "s",
-             (unsigned long long)n.last_seq + 1, (unsigned long long)seq - 1,
-             n.msgid_known ? "filtered by the sender's console loglevel"
-                           : "lost on the way or filtered by the sender's console loglevel");
+      NetconsoleEvent* e = event(NetconsoleEvent::Kind::gap, id, when);
+      e->seq = n.last_seq + 1;
+      e->last = seq - 1;
+      e->msgid_known = n.msgid_known;
     }
     uint64_t shift = seq - n.last_seq;
     n.seq_window = shift >= 64 || resumed ? 1 : (n.seq_window << shift) | 1;
@@ -1469,8 +1609,9 @@ bool Netconsole::seen_before(Sender* s, uint64_t seq, const timespec& when) {
     return false;
   }
   if (back < 64 && seq >= n.first_seq) return true;
-  notice(s, when, "sequence restarted at seq %llu after seq %llu: sender rebooted?",
-         (unsigned long long)seq, (unsigned long long)n.last_seq);
+  NetconsoleEvent* e = event(NetconsoleEvent::Kind::restart, id, when);
+  e->seq = seq;
+  e->last = n.last_seq;
   restart_seq(&n, seq);
   return false;
 }
@@ -1486,12 +1627,13 @@ void Netconsole::restart_seq(NetconsoleState* n, uint64_t seq) {
 
 // A whole record whose SEQ was seen before: a sender that rebooted early
 // (its new records reuse the old numbers) or a duplicated datagram.  Either
-// way it is written, never dropped; if the old numbering continues next, it
-// was a duplicate and no gap is reported.
-void Netconsole::seen_again(Sender* s, uint64_t seq, const timespec& when) {
-  NetconsoleState& n = s->nc;
-  notice(s, when, "seq %llu again after seq %llu: sender restarted, or a duplicated datagram",
-         (unsigned long long)seq, (unsigned long long)n.last_seq);
+// way it is handed back, never dropped; if the old numbering continues
+// next, it was a duplicate and no gap is reported.
+void Netconsole::seen_again(uint32_t id, uint64_t seq, const timespec& when) {
+  NetconsoleState& n = senders_[id];
+  NetconsoleEvent* e = event(NetconsoleEvent::Kind::again, id, when);
+  e->seq = seq;
+  e->last = n.last_seq;
   uint64_t last = n.last_seq;
   bool msgid_known = n.msgid_known;
   restart_seq(&n, seq);
@@ -1501,92 +1643,88 @@ void Netconsole::seen_again(Sender* s, uint64_t seq, const timespec& when) {
 }
 
 // msgid= (newer kernels) counts messages sent: a gap is a loss in transit.
-void Netconsole::check_msgid(Sender* s, const char* text, size_t len, const timespec& when) {
-  NetconsoleState& n = s->nc;
+void Netconsole::check_msgid(uint32_t id, const char* text, size_t len, const timespec& when) {
+  NetconsoleState& n = senders_[id];
   const char* dict = static_cast<const char*>(memchr(text, '\n', len));  // after the body
   if (!dict) return;
   const char* m = static_cast<const char*>(
       memmem(dict, size_t(text + len - dict), "\n msgid=", 8));
   if (!m) return;
   const char* p = m + 8;
-  uint64_t id;
-  if (!parse_decimal(&p, text + len, 20, &id)) return;
-  if (n.msgid_known && id > n.last_msgid + 1) {
-    uint64_t lost = id - n.last_msgid - 1;
-    add_saturating(&stats_->lost_in_transit, lost);
-    notice(s, when, "%llu record%s lost in transit: msgid %llu..%llu", (unsigned long long)lost,
-           lost == 1 ? "" : "s", (unsigned long long)n.last_msgid + 1,
-           (unsigned long long)(id - 1));
+  uint64_t msgid;
+  if (!parse_decimal(&p, text + len, 20, &msgid)) return;
+  if (n.msgid_known && msgid > n.last_msgid + 1) {
+    NetconsoleEvent* e = event(NetconsoleEvent::Kind::lost, id, when);
+    e->seq = n.last_msgid + 1;
+    e->last = msgid - 1;
   }
-  if (!n.msgid_known || id > n.last_msgid) n.last_msgid = id;
+  if (!n.msgid_known || msgid > n.last_msgid) n.last_msgid = msgid;
   n.msgid_known = true;
 }
 
 // A whole record in one datagram.
-void Netconsole::record(Sender* s, const ExtHeader& h, const char* data, size_t len,
+void Netconsole::record(uint32_t id, const ExtHeader& h, const char* data, size_t len,
                         const timespec& when) {
-  if (seen_before(s, h.seq, when)) seen_again(s, h.seq, when);
+  if (seen_before(id, h.seq, when)) seen_again(id, h.seq, when);
   const char* body = data + h.body;
   uint32_t n = uint32_t(len - h.body);
-  check_msgid(s, body, n, when);
-  stats_->records++;
-  out_->record(s, ExtRecord{h.pri, h.usec, when, body, n, nullptr});
+  check_msgid(id, body, n, when);
+  event(NetconsoleEvent::Kind::record, id, when)->record =
+      ExtRecord{h.pri, h.usec, when, body, n, nullptr};
 }
 
-// One fragment: kept until its record is whole or times out.
-void Netconsole::fragment(Sender* s, const ExtHeader& h, const char* data, size_t len,
-                          const timespec& when) {
-  stats_->fragments++;
+// One fragment: kept until its record is whole or times out.  One that
+// cannot belong to a record is not extended netconsole after all.
+Netconsole::Fed Netconsole::fragment(uint32_t id, const in6_addr& addr, const ExtHeader& h,
+                                     const char* data, size_t len, const timespec& when) {
   const char* payload = data + h.body;
   size_t n = len - h.body;
   if (h.frag_total == 0 || h.frag_total > kRecordMax || h.frag_off >= h.frag_total ||
       n > h.frag_total - h.frag_off || n == 0) {
-    stats_->malformed++;
-    notice(s, when, "malformed fragment (seq %llu, ncfrag=%u/%u, %zu bytes): written as text",
-           (unsigned long long)h.seq, h.frag_off, h.frag_total, n);
-    out_->text(s, data, len, when);
-    return;
+    NetconsoleEvent* e = fragment_event(NetconsoleEvent::Kind::malformed, id, h, when);
+    e->bytes = uint32_t(n);
+    return Fed::not_extended;
   }
-  for (int32_t idx : s->nc.inflight) {
+  for (int32_t idx : senders_[id].inflight) {
     if (idx >= 0 && pool_[idx].seq == h.seq && pool_[idx].total != h.frag_total) {
-      stats_->malformed++;
-      notice(s, when, "fragment of seq %llu says %u bytes in all, earlier ones %u: "
-             "written as text", (unsigned long long)h.seq, h.frag_total, pool_[idx].total);
-      out_->text(s, data, len, when);
-      return;
+      NetconsoleEvent* e = fragment_event(NetconsoleEvent::Kind::inconsistent, id, h, when);
+      e->bytes = pool_[idx].total;
+      return Fed::not_extended;
     }
   }
-  Reassembly* r = reassembly_for(s, h, when);
-  if (!r && written_incomplete(s, h.seq)) {  // late: it fills a gap, so it is written
-    notice(s, when, "late fragment of seq %llu (ncfrag=%u/%u) written as its own piece: its "
-           "record was written incomplete", (unsigned long long)h.seq, h.frag_off, h.frag_total);
-    char data[kRecordMax];
-    uint8_t got[kRecordMax / 8] = {};
-    memcpy(data + h.frag_off, payload, n);
-    mark_received(got, h.frag_off, h.frag_off + uint32_t(n));
-    stats_->late_fragments++;
-    out_->record(s, ExtRecord{h.pri, h.usec, when, data, h.frag_total, got});
-    return;
+  Reassembly* r = reassembly_for(id, addr, h, when);
+  if (!r && written_incomplete(id, h.seq)) {  // late: it fills a gap, so it is handed back
+    NetconsoleEvent* e = fragment_event(NetconsoleEvent::Kind::late, id, h, when);
+    memset(late_got_, 0, sizeof late_got_);
+    memcpy(late_data_ + h.frag_off, payload, n);
+    mark_received(late_got_, h.frag_off, h.frag_off + uint32_t(n));
+    e->record = ExtRecord{h.pri, h.usec, when, late_data_, h.frag_total, late_got_};
+    return Fed::taken;
   }
-  if (!r) {  // its record was written already
-    stats_->duplicates++;
-    notice(s, when, "late or duplicate fragment of seq %llu (ncfrag=%u/%u) ignored: "
-           "its record was written already", (unsigned long long)h.seq, h.frag_off,
-           h.frag_total);
-    return;
+  if (!r) {  // its record was handed back already
+    fragment_event(NetconsoleEvent::Kind::duplicate, id, h, when);
+    return Fed::taken;
   }
   memcpy(r->data + h.frag_off, payload, n);
   r->have += mark_received(r->got, h.frag_off, h.frag_off + uint32_t(n));
-  if (r->have == r->total) {
-    stats_->reassembled++;
-    finish(r, when, nullptr);
-  }
+  if (r->have == r->total) finish(r, when, NetconsoleEvent::Why::complete);
+  return Fed::taken;
+}
+
+NetconsoleEvent* Netconsole::fragment_event(NetconsoleEvent::Kind kind, uint32_t id,
+                                            const ExtHeader& h, const timespec& when) {
+  NetconsoleEvent* e = event(kind, id, when);
+  e->seq = h.seq;
+  e->off = h.frag_off;
+  e->total = h.frag_total;
+  return e;
 }
 
 // The reassembly of this fragment's record: found, or started (making
-// room if needed); null when the record was written already.
-Reassembly* Netconsole::reassembly_for(Sender* s, const ExtHeader& h, const timespec& when) {
-  int32_t* inflight = s->nc.inflight;
+// room if needed); null when the record was handed back already.
+Reassembly* Netconsole::reassembly_for(uint32_t id, const in6_addr& addr, const ExtHeader& h,
+                                       const timespec& when) {
+  int32_t* inflight = senders_[id].inflight;
   int oldest = -1;
   for (int i = 0; i < kInflightPerSender; i++) {
     if (inflight[i] < 0) continue;
@@ -1594,28 +1732,26 @@ Reassembly* Netconsole::reassembly_for(Sender* s, const ExtHeader& h, const time
     if (r->seq == h.seq && r->total == h.frag_total) return r;
     if (oldest < 0 || timespec_le(r->first, pool_[inflight[oldest]].first)) oldest = i;
   }
-  if (seen_before(s, h.seq, when)) return nullptr;
+  if (seen_before(id, h.seq, when)) return nullptr;
   int free_slot = -1;
   for (int i = 0; i < kInflightPerSender && free_slot < 0; i++)
     if (inflight[i] < 0) free_slot = i;
   if (free_slot < 0) {
     free_slot = oldest;
-    finish(&pool_[inflight[oldest]], when, "with newer records of its sender in reassembly");
+    finish(&pool_[inflight[oldest]], when, NetconsoleEvent::Why::newer_of_sender);
   }
-  limit_host(s, when);
+  limit_host(addr, when);
+  if (in_use_ == frags_) finish(&pool_[ages_.head], when, NetconsoleEvent::Why::table_full);
   int32_t idx;
   if (free_head_ >= 0) {
     idx = free_head_;
     free_head_ = pool_[idx].age_next;
-  } else if (pool_used_ < frags_) {
-    idx = int32_t(pool_used_++);
   } else {
-    idx = ages_.head;
-    finish(&pool_[idx], when, "to make room: reassembly table full (frags=)");
-    free_head_ = pool_[idx].age_next;
+    idx = int32_t(pool_used_++);  // never past frags + kFinishedPerFeed: see init
   }
   Reassembly* r = &pool_[idx];
-  r->sender = s;
+  r->sender = int32_t(id);
+  r->addr = addr;
   r->seq = h.seq;
   r->usec = h.usec;
   r->pri = h.pri;
@@ -1624,6 +1760,7 @@ Reassembly* Netconsole::reassembly_for(Sender* s, const ExtHeader& h, const time
   r->first = when;
   memset(r->got, 0, (r->total + 7) / 8);
   ages_.append(pool_, idx);
+  in_use_++;
   inflight[free_slot] = idx;
   return r;
 }
@@ -1632,67 +1769,65 @@ Reassembly* Netconsole::reassembly_for(Sender* s, const ExtHeader& h, const time
 // reassembly, across all its ports: beyond that it gives up its own oldest,
 // so one host (however many ports it sends from) cannot push out the
 // records of others.
-void Netconsole::limit_host(Sender* s, const timespec& when) {
+void Netconsole::limit_host(const in6_addr& addr, const timespec& when) {
   int held = 0;
   int32_t oldest = -1;
   for (int32_t i = ages_.head; i >= 0; i = pool_[i].age_next) {
-    if (memcmp(&pool_[i].sender->addr, &s->addr, sizeof s->addr) != 0) continue;
+    if (memcmp(&pool_[i].addr, &addr, sizeof addr) != 0) continue;
     if (oldest < 0) oldest = i;
     held++;
   }
-  if (held >= kInflightPerSender)
-    finish(&pool_[oldest], when, "with newer records of its sender address in reassembly");
+  if (held >= kInflightPerSender) finish(&pool_[oldest], when, NetconsoleEvent::Why::newer_of_address);
 }
 
-// True for a SEQ this sender's record was recently written incomplete with.
-bool Netconsole::written_incomplete(const Sender* s, uint64_t seq) const {
-  for (uint64_t c : s->nc.cut_seq)
+// True for a SEQ this sender's record was recently handed back incomplete with.
+bool Netconsole::written_incomplete(uint32_t id, uint64_t seq) const {
+  for (uint64_t c : senders_[id].cut_seq)
     if (c == seq + 1) return true;
   return false;
 }
 
-// Unlinks a reassembly from the age list and its sender; puts it on the
-// free list.
-void Netconsole::release(Reassembly* r) {
+// Hands back a reassembled record, whole or (why says why) with bytes
+// missing.  Its entry is taken out of reassembly, and reused only after
+// the caller has pulled the event.
+void Netconsole::finish(Reassembly* r, const timespec& now, NetconsoleEvent::Why why) {
+  uint32_t id = uint32_t(r->sender);
+  NetconsoleState& n = senders_[id];
+  bool whole = r->have == r->total;
+  if (whole) check_msgid(id, r->data, r->total, now);
+  else n.cut_seq[n.cut_next++ % kInflightPerSender] = r->seq + 1;
+  NetconsoleEvent* e = event(whole ? NetconsoleEvent::Kind::record : NetconsoleEvent::Kind::incomplete, id,
+                             now);
+  e->why = why;
+  e->reassembled = whole;
+  e->seq = r->seq;
+  e->total = r->total;
+  e->bytes = r->total - r->have;
+  e->record = ExtRecord{r->pri, r->usec, r->first, r->data, r->total, whole ? nullptr : r->got};
   int32_t idx = int32_t(r - pool_);
   ages_.unlink(pool_, idx);
-  for (int32_t& i : r->sender->nc.inflight)
+  in_use_--;
+  for (int32_t& i : n.inflight)
     if (i == idx) i = -1;
-  r->sender = nullptr;
-  r->age_next = free_head_;
-  free_head_ = idx;
+  r->sender = -1;
+  r->age_next = finished_head_;
+  finished_head_ = idx;
 }
 
-// Hands back a reassembled record; one with bytes missing gets a notice
-// first and is handed back with its gaps.
-void Netconsole::finish(Reassembly* r, const timespec& now, const char* why) {
-  Sender* s = r->sender;
-  bool whole = r->have == r->total;
-  if (!whole) {
-    stats_->incomplete++;
-    s->nc.cut_seq[s->nc.cut_next++ % kInflightPerSender] = r->seq + 1;
-    notice(s, now, "record seq %llu incomplete %s: %u of %u bytes missing",
-           (unsigned long long)r->seq, why, r->total - r->have, r->total);
-  } else {
-    check_msgid(s, r->data, r->total, now);
-  }
-  stats_->records++;
-  out_->record(s, ExtRecord{r->pri, r->usec, r->first, r->data, r->total, whole ? nullptr : r->got});
-  release(r);
-}
-
-void Netconsole::drop(Sender* s, const timespec& now, const char* why) {
-  for (int32_t idx : s->nc.inflight)
-    if (idx >= 0) finish(&pool_[idx], now, why);
+void Netconsole::drop(uint32_t id, const timespec& now) {
+  begin_call();
+  for (int32_t idx : senders_[id].inflight)
+    if (idx >= 0) finish(&pool_[idx], now, NetconsoleEvent::Why::slot_reused);
 }
 
 void Netconsole::expire(const timespec& now, bool all) {
+  begin_call();
   while (ages_.head >= 0) {
     Reassembly* r = &pool_[ages_.head];
     timespec due = r->first;
     due.tv_sec += timeout_;
     if (!all && !timespec_le(due, now)) break;
-    finish(r, now, all ? "at exit" : "after timeout=");
+    finish(r, now, all ? NetconsoleEvent::Why::at_exit : NetconsoleEvent::Why::timed_out);
   }
 }
 

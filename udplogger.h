@@ -290,28 +290,6 @@ bool parse_ext_header(const char* data, size_t len, ExtHeader* h);
 // dictionary, escaped.
 constexpr uint32_t kRecordMax = 8192;
 
-// Records of one sender in reassembly at once; a further one pushes out the
-// oldest (written with its gaps marked).
-constexpr int kInflightPerSender = 4;
-
-// One sender's extended netconsole state.  Only Netconsole touches it.
-struct NetconsoleState {
-  bool seq_known, msgid_known;
-  bool seq_resumable;          // a SEQ came again: resume_seq + 1 may follow
-  uint64_t resume_seq;
-  uint64_t first_seq;          // lowest SEQ since it (re)started
-  uint64_t last_seq;           // highest SEQ seen
-  uint64_t seq_window;         // bit i: record last_seq - i was seen
-  uint64_t last_msgid;
-  uint8_t release_len;
-  char release[64];
-  int32_t inflight[kInflightPerSender];  // its records in reassembly, -1: none
-  uint64_t cut_seq[kInflightPerSender];  // SEQ + 1 of records written incomplete, 0: none
-  uint8_t cut_next;
-};
-
-struct Sender;
-
 // A record Netconsole hands back: whole, or with the bytes whose bit in
 // `got` is 0 missing.  Its text is still kernel-escaped.
 struct ExtRecord {
@@ -323,23 +301,67 @@ struct ExtRecord {
   const uint8_t* got;          // null: every byte arrived
 };
 
-// What Netconsole hands back, in order: records, notices about a sender,
-// and datagrams that must be written as plain text after all.
-class NetconsoleEvents {
- public:
-  virtual void record(Sender* s, const ExtRecord& r) { (void)s, (void)r; }
-  virtual void notice(Sender* s, const timespec& when, const char* text) {
-    (void)s, (void)when, (void)text;
-  }
-  virtual void text(Sender* s, const char* data, size_t len, const timespec& when) {
-    (void)s, (void)data, (void)len, (void)when;
-  }
+// What happened to a sender's extended netconsole stream, pulled one at a
+// time after each call that feeds the machine.  Pointers are valid until
+// the next such call.
+struct NetconsoleEvent {
+  enum class Kind : uint8_t {
+    record,           // `record`, whole (reassembled: joined from fragments)
+    incomplete,       // `record` seq with `bytes` of `total` missing, because `why`
+    release,          // the sender's kernel release, first seen
+    release_changed,  // from `previous` to `release`: its SEQ counts from 0 again
+    gap,              // records seq..last never arrived
+    lost,             // msgid seq..last lost in transit
+    restart,          // SEQ restarted at seq after last: a reboot
+    again,            // a record with seq again after last: a reboot, or a duplicate
+    late,             // fragment seq off/total of a record handed back incomplete: `record` is it alone
+    duplicate,        // fragment seq off/total of a record handed back already: ignored
+    malformed,        // fragment seq off/total with `bytes` bytes that fits no record
+    inconsistent,     // fragment seq says `total` bytes in all, earlier ones `bytes`
+  };
+  enum class Why : uint8_t {  // why a record was handed back before it was whole
+    complete, timed_out, at_exit, newer_of_sender, newer_of_address, table_full, slot_reused,
+  };
+  Kind kind = Kind::record;
+  Why why = Why::complete;
+  bool reassembled = false;
+  bool msgid_known = false;  // gap: msgid says nothing was lost in transit
+  uint32_t sender = 0;       // the id it was fed with
+  timespec when = {0, 0};
+  uint64_t seq = 0, last = 0;
+  uint32_t off = 0, total = 0, bytes = 0;
+  const char* release = nullptr;
+  size_t release_len = 0;
+  const char* previous = nullptr;
+  size_t previous_len = 0;
+  ExtRecord record = {};
+};
+
+// Records of one sender in reassembly at once; a further one pushes out the
+// oldest (handed back with its gaps marked).
+constexpr int kInflightPerSender = 4;
+
+// One sender's extended netconsole state.
+struct NetconsoleState {
+  bool seq_known, msgid_known;
+  bool seq_resumable;          // a SEQ came again: resume_seq + 1 may follow
+  uint64_t resume_seq;
+  uint64_t first_seq;          // lowest SEQ since it (re)started
+  uint64_t last_seq;           // highest SEQ seen
+  uint64_t seq_window;         // bit i: record last_seq - i was seen
+  uint64_t last_msgid;
+  uint8_t release_len;
+  char release[64];
+  int32_t inflight[kInflightPerSender];  // its records in reassembly, -1: none
+  uint64_t cut_seq[kInflightPerSender];  // SEQ + 1 of records handed back incomplete, 0: none
+  uint8_t cut_next;
 };
 
 // One fragmented record being reassembled.
 struct Reassembly {
-  Sender* sender;                   // null: free
+  int32_t sender;                   // -1: free
   int32_t age_prev, age_next;       // oldest first
+  in6_addr addr;                    // its sender's address
   uint64_t seq, usec;
   unsigned pri;
   uint32_t total, have;             // bytes expected, bytes received
@@ -349,46 +371,64 @@ struct Reassembly {
 };
 
 // The extended netconsole state machine, in the spirit of netconsd's ncrx:
-// fed headers, bytes and times, it tracks SEQ and msgid per sender,
-// reassembles fragments and hands back records and notices.
+// fed each sender's headers, bytes and times by a sender id, it tracks SEQ
+// and msgid, reassembles fragments and queues events for the caller to
+// pull.  No I/O, no text, no counters.
 class Netconsole {
  public:
-  bool init(unsigned frags, unsigned timeout, NetconsoleEvents* out, Stats* stats);
+  // senders: ids 0..senders-1; frags: records in reassembly at once.
+  bool init(unsigned senders, unsigned frags, unsigned timeout);
   ~Netconsole();
-  void forget(Sender* s);  // a new sender in s's slot
-  // One datagram of s whose header parsed: a whole record or a fragment.
-  void feed(Sender* s, const ExtHeader& h, const char* data, size_t len, const timespec& when);
+  void forget(uint32_t id);  // a new sender with this id: nothing known of it
+  enum class Fed { taken, not_extended };
+  // One datagram whose header parsed, from sender id at addr: a whole
+  // record or a fragment.  not_extended: a fragment that fits no record,
+  // to be written as text (after the events).
+  Fed feed(uint32_t id, const in6_addr& addr, const ExtHeader& h, const char* data, size_t len,
+           const timespec& when);
   // Hands back every record in reassembly since now - timeout, or all.
   void expire(const timespec& now, bool all);
+  // Hands back sender id's records in reassembly: its slot goes to another.
+  void drop(uint32_t id, const timespec& now);
+  // The next event of the last call, false when there is none.
+  bool next(NetconsoleEvent* e);
   timespec next_deadline() const;  // {0,0}: none in reassembly
-  // Hands back s's records in reassembly, incomplete for the reason why.
-  void drop(Sender* s, const timespec& now, const char* why);
 
  private:
-  void check_release(Sender* s, const ExtHeader& h, const timespec& when);
-  bool seen_before(Sender* s, uint64_t seq, const timespec& when);
+  static constexpr unsigned kFinishedPerFeed = 3;  // records one feed may push out
+  static constexpr unsigned kEventsPerFeed = 16;
+  void begin_call();
+  NetconsoleEvent* event(NetconsoleEvent::Kind kind, uint32_t id, const timespec& when);
+  NetconsoleEvent* fragment_event(NetconsoleEvent::Kind kind, uint32_t id, const ExtHeader& h,
+                                  const timespec& when);
+  void check_release(uint32_t id, const ExtHeader& h, const timespec& when);
+  bool seen_before(uint32_t id, uint64_t seq, const timespec& when);
   void restart_seq(NetconsoleState* n, uint64_t seq);
-  void seen_again(Sender* s, uint64_t seq, const timespec& when);
-  void check_msgid(Sender* s, const char* text, size_t len, const timespec& when);
-  void record(Sender* s, const ExtHeader& h, const char* data, size_t len, const timespec& when);
-  void fragment(Sender* s, const ExtHeader& h, const char* data, size_t len,
-                const timespec& when);
-  Reassembly* reassembly_for(Sender* s, const ExtHeader& h, const timespec& when);
-  void limit_host(Sender* s, const timespec& when);
-  bool written_incomplete(const Sender* s, uint64_t seq) const;
-  void finish(Reassembly* r, const timespec& now, const char* why);
-  void release(Reassembly* r);
-  void notice(Sender* s, const timespec& when, const char* fmt, ...)
-      __attribute__((format(printf, 4, 5)));
+  void seen_again(uint32_t id, uint64_t seq, const timespec& when);
+  void check_msgid(uint32_t id, const char* text, size_t len, const timespec& when);
+  void record(uint32_t id, const ExtHeader& h, const char* data, size_t len, const timespec& when);
+  Fed fragment(uint32_t id, const in6_addr& addr, const ExtHeader& h, const char* data,
+               size_t len, const timespec& when);
+  Reassembly* reassembly_for(uint32_t id, const in6_addr& addr, const ExtHeader& h,
+                             const timespec& when);
+  void limit_host(const in6_addr& addr, const timespec& when);
+  bool written_incomplete(uint32_t id, uint64_t seq) const;
+  void finish(Reassembly* r, const timespec& now, NetconsoleEvent::Why why);
 
-  NetconsoleEvents* out_ = nullptr;
-  Stats* stats_ = nullptr;
   unsigned timeout_ = 10;
   unsigned frags_ = 0;
-  Reassembly* pool_ = nullptr;      // frags entries
+  NetconsoleState* senders_ = nullptr;
+  Reassembly* pool_ = nullptr;      // frags + kFinishedPerFeed entries
   IndexList<Reassembly, &Reassembly::age_prev, &Reassembly::age_next> ages_;  // oldest first
+  uint32_t in_use_ = 0;             // entries in ages_, at most frags
   int32_t free_head_ = -1;          // released entries, linked by age_next
+  int32_t finished_head_ = -1;      // handed back in this call: free at the next
   uint32_t pool_used_ = 0;          // entries ever used: the rest untouched
+  NetconsoleEvent* events_ = nullptr;
+  uint32_t event_cap_ = 0, event_head_ = 0, event_count_ = 0;
+  char previous_release_[64];
+  char late_data_[kRecordMax];      // a late fragment, handed back alone
+  uint8_t late_got_[kRecordMax / 8];
 };
 
 // Writes one record as log lines: "<pri>[sssss.uuuuuu] " before each text
@@ -441,7 +481,6 @@ struct alignas(64) Sender {
   uint32_t partial_len, partial_cap;
   timespec partial_time;       // arrival of its first byte
   uint64_t dict_written;       // hash of the dictionary last written, 0: none yet
-  NetconsoleState nc;
   Origin origin() const { return Origin{&addr, name, name_len}; }
 };
 
@@ -495,7 +534,7 @@ class SenderTable {
 
 // Routes each datagram: extended netconsole to Netconsole, everything else
 // into lines joined across datagrams per sender.
-class Assembler : private NetconsoleEvents {
+class Assembler {
  public:
   bool init(const Options& opts, Output* out, uint64_t hash_seed = 0);
   ~Assembler();
@@ -541,10 +580,17 @@ class Assembler : private NetconsoleEvents {
   const Stats& stats() const { return stats_; }
 
  private:
+  // What became of a datagram, for debug=1.
+  enum class Outcome : uint8_t { refused, empty, text, record, held, completed, malformed, late,
+                                 duplicate };
   void take(const Datagram& d, uint32_t bucket);
   Sender* sender_for(const Datagram& d, uint32_t bucket);
-  const Sender* route(const Datagram& d, uint32_t bucket, ExtHeader* h, bool* ext);
-  void trace(const Datagram& d, const Sender* s, const ExtHeader* h, const Stats& before);
+  Outcome route(const Datagram& d, uint32_t bucket, ExtHeader* h, const Sender** sender);
+  Outcome netconsole(Sender* s, const Datagram& d, const ExtHeader& h);
+  Outcome take_events(Outcome outcome);
+  Outcome event(const NetconsoleEvent& e, Outcome outcome);
+  void trace(const Datagram& d, const Sender* s, const ExtHeader& h, Outcome what,
+             uint64_t lines);
   void refuse(const Datagram& d);
   void report_refused(const timespec& now);
   bool ends_with_datagram(const Sender* s, const char* data, size_t len) const;
@@ -556,12 +602,10 @@ class Assembler : private NetconsoleEvents {
   bool make_room(Sender* s, size_t cap);
   bool resize_partial(Sender* s, size_t cap);
   void release_partial(Sender* s);
-  void sender_notice(Sender* s, const timespec& when, const char* text);
+  void sender_notice(Sender* s, const timespec& when, const char* fmt, ...)
+      __attribute__((format(printf, 4, 5)));
   uint32_t dictionary_shown(Sender* s, const ExtRecord& r);
-  // NetconsoleEvents
-  void record(Sender* s, const ExtRecord& r) override;
-  void notice(Sender* s, const timespec& when, const char* text) override;
-  void text(Sender* s, const char* data, size_t len, const timespec& when) override;
+  void record(Sender* s, const ExtRecord& r);
 
   Options opts_;
   Output* out_ = nullptr;

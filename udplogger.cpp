@@ -502,19 +502,35 @@ size_t format_sender(const in6_addr& addr, uint16_t port, char* out) {
 
 // ================================================================== output
 
-bool Output::init(size_t arena_bytes, FlushFn fn, void* ctx, bool by_host) {
+bool Output::init(size_t arena_bytes, Sink* sink, const LineWriter* notices, bool by_host) {
   arena_ = static_cast<char*>(malloc(arena_bytes));
   arena_cap_ = arena_bytes;
-  fn_ = fn;
-  ctx_ = ctx;
+  sink_ = sink;
+  notices_ = notices;
   by_host_ = by_host;
   return arena_ != nullptr;
 }
 
 Output::~Output() { free(arena_); }
 
+// Hands a batch to the sink and counts what it lost.  A sink that owes a
+// notice first writes nothing and says which; it gets it as a preface.
+void Output::deliver(const in6_addr* host, const iovec* iov, int iovcnt) {
+  char preface[2048];
+  size_t preface_len = 0;
+  WriteReport r = sink_->write(host, iov, iovcnt, nullptr, 0);
+  for (int tries = 0; r.kind == WriteReport::Kind::owes_notice && tries < 3; tries++) {
+    preface_len = notices_->sink_notice(r, preface, sizeof preface);
+    r = sink_->write(host, iov, iovcnt, preface, preface_len);
+  }
+  if (r.kind == WriteReport::Kind::lost) {
+    add_saturating(&losses_.lines[r.cause], r.lines);
+    add_saturating(&losses_.bytes[r.cause], r.bytes);
+  }
+}
+
 void Output::flush() {
-  if (iovcnt_ > 0) fn_(ctx_, has_host_ ? &host_ : nullptr, iov_, iovcnt_);
+  if (iovcnt_ > 0) deliver(has_host_ ? &host_ : nullptr, iov_, iovcnt_);
   iovcnt_ = 0;
   arena_used_ = 0;
   line_start_ = 0;
@@ -542,7 +558,7 @@ void Output::make_room(size_t need) {
   if (merged >= arena_ && merged < start && merged + last.iov_len > start)
     rest = size_t(merged + last.iov_len - start);
   last.iov_len -= rest;
-  fn_(ctx_, has_host_ ? &host_ : nullptr, iov_, k);
+  deliver(has_host_ ? &host_ : nullptr, iov_, k);
   if (rest) {
     k--;
     last = iovec{start, rest};
@@ -723,10 +739,35 @@ void LineWriter::notice(const in6_addr* host, const char* name, size_t name_len,
   out_->copy(line, len);
 }
 
+// The notice a sink owes its file, from its report.
+size_t LineWriter::sink_notice(const WriteReport& r, char* out, size_t len) const {
+  char since[kStampMax + 1], text[512];
+  format_stamp(StampStyle::classic, r.since, since);
+  since[19] = '\0';
+  switch (r.owed) {
+    case WriteReport::Owed::cut_found:
+      snprintf(text, sizeof text, "the line before this notice was cut: the file did not end "
+               "in a newline (udplogger or the system stopped while writing it)");
+      break;
+    case WriteReport::Owed::write_failed:
+      snprintf(text, sizeof text, "%llu lines (%llu bytes) could not be written since %s: %s%s",
+               (unsigned long long)r.lines, (unsigned long long)r.bytes, since,
+               strerror(r.err), r.cut ? "; the line before this notice was cut" : "");
+      break;
+    case WriteReport::Owed::directory_back:
+      snprintf(text, sizeof text, "log directory %.200s could not be used since %s (%s): %zu "
+               "bytes of lines kept in memory follow; %llu lines (%llu bytes) beyond them were "
+               "lost", r.dir, since, r.why, r.kept, (unsigned long long)r.lines,
+               (unsigned long long)r.bytes);
+      break;
+  }
+  return format_notice(r.now, text, out, len);
+}
+
 // Its own stamp, not the cached one: a sink may ask for a notice while a
 // line is being begun.
 size_t LineWriter::format_notice(const timespec& when, const char* text, char* out,
-                                 size_t len) {
+                                 size_t len) const {
   char st[kStampMax + 1];
   size_t stlen = format_stamp(style_, when, st);
   size_t textlen = strlen(text);
@@ -2064,6 +2105,14 @@ size_t count_lines(const iovec* iov, int iovcnt) {
   return n;
 }
 
+// r; when it is a loss, with a batch that was not written after it.
+WriteReport also_lost(WriteReport r, const iovec* iov, int iovcnt) {
+  if (r.kind != WriteReport::Kind::lost) return r;
+  r.lines += count_lines(iov, iovcnt);
+  for (int i = 0; i < iovcnt; i++) r.bytes += iov[i].iov_len;
+  return r;
+}
+
 }  // namespace
 
 void LogFile::adopt(int fd, bool cut) {
@@ -2076,22 +2125,23 @@ void LogFile::close_file() {
   fd_ = -1;
 }
 
-bool LogFile::write(const iovec* iov, int iovcnt, const char* dir, const char* name,
-                    const NoticeMaker& nm, WriteLoss* loss) {
-  if ((failing_ || found_cut_) && !mend(dir, name, nm)) {
-    lose(iov, iovcnt, errno, dir, name, nm, loss);
-    return false;
+// Before the first lines after a write error, or into a file found cut, a
+// notice is owed: without it (preface null) nothing is written.
+WriteReport LogFile::write(const iovec* iov, int iovcnt, const char* preface, size_t preface_len,
+                           const char* dir, const char* name, const timespec& now) {
+  if (failing_ || found_cut_) {
+    if (!preface) return owed(now);
+    if (!mend(preface, preface_len, dir, name)) return lose(iov, iovcnt, errno, dir, name, now);
   }
   iovec rest[1024];
-  memcpy(rest, iov, sizeof(iovec) * size_t(iovcnt));
+  if (iovcnt > 0) memcpy(rest, iov, sizeof(iovec) * size_t(iovcnt));
   iovec* v = rest;
   bool ends_line = ends_in_newline(iov, iovcnt);
   while (iovcnt > 0) {
     ssize_t w = writev(fd_, v, iovcnt);
     if (w < 0) {
       if (errno == EINTR) continue;
-      lose(v, iovcnt, errno, dir, name, nm, loss);
-      return false;
+      return lose(v, iovcnt, errno, dir, name, now);
     }
     size_t done = size_t(w);
     while (iovcnt > 0 && done >= v->iov_len) {
@@ -2106,54 +2156,53 @@ bool LogFile::write(const iovec* iov, int iovcnt, const char* dir, const char* n
     }
   }
   mid_line_ = !ends_line;  // a batch may end inside a line the next one ends
-  return true;
+  return WriteReport();
+}
+
+WriteReport LogFile::owed(const timespec& now) const {
+  WriteReport r;
+  r.kind = WriteReport::Kind::owes_notice;
+  r.owed = failing_ ? WriteReport::Owed::write_failed : WriteReport::Owed::cut_found;
+  r.cut = mid_line_;
+  r.err = error_;
+  r.lines = lost_lines_;
+  r.bytes = lost_bytes_;
+  r.since = since_;
+  r.now = now;
+  return r;
 }
 
 // Counts what could not be written; the first error of an episode is said
 // on stderr, the rest only counted.
-void LogFile::lose(const iovec* iov, int iovcnt, int err, const char* dir, const char* name,
-                   const NoticeMaker& nm, WriteLoss* loss) {
-  size_t lines = count_lines(iov, iovcnt), bytes = 0;
-  for (int i = 0; i < iovcnt; i++) bytes += iov[i].iov_len;
-  WriteLoss::Cause c = cause_of(err);
-  loss->lines[c] += lines;
-  loss->bytes[c] += bytes;
-  lost_lines_ += lines;
-  lost_bytes_ += bytes;
+WriteReport LogFile::lose(const iovec* iov, int iovcnt, int err, const char* dir,
+                          const char* name, const timespec& now) {
+  WriteReport r;
+  r.kind = WriteReport::Kind::lost;
+  r.cause = cause_of(err);
+  r.lines = count_lines(iov, iovcnt);
+  for (int i = 0; i < iovcnt; i++) r.bytes += iov[i].iov_len;
+  r.err = err;
+  lost_lines_ += r.lines;
+  lost_bytes_ += r.bytes;
   if (!failing_) {
     failing_ = true;
     error_ = err;
-    since_ = nm.clock ? nm.clock() : timespec{0, 0};
+    since_ = now;
     warn("cannot write %s%s%s: %s; counting the lines lost until writing works again", dir,
          *dir ? "/" : "", name, strerror(err));
   }
   errno = err;
+  return r;
 }
 
-// Before the next lines: a newline if a line was cut, and a notice of what
-// was lost or found cut.  False (errno set) when it cannot be written.
-bool LogFile::mend(const char* dir, const char* name, const NoticeMaker& nm) {
+// Before the next lines: a cut mark if a line was cut, then the notice.
+// False (errno set) when they cannot be written.
+bool LogFile::mend(const char* preface, size_t preface_len, const char* dir, const char* name) {
   static const char kCut[] = "[... line cut here ...]\n";
-  char text[400], line[2048];
-  size_t n = 0;
-  if (mid_line_) {
-    memcpy(line, kCut, sizeof kCut - 1);
-    n = sizeof kCut - 1;
-  }
-  if (failing_) {
-    char since[kStampMax + 1];
-    format_stamp(StampStyle::classic, since_, since);
-    since[19] = '\0';
-    snprintf(text, sizeof text, "%llu lines (%llu bytes) could not be written since %s: %s%s",
-             (unsigned long long)lost_lines_, (unsigned long long)lost_bytes_, since,
-             strerror(error_), mid_line_ ? "; the line before this notice was cut" : "");
-  } else {
-    snprintf(text, sizeof text, "the line before this notice was cut: the file did not end "
-             "in a newline (udplogger or the system stopped while writing it)");
-  }
-  if (nm.format) n += nm.format(nm.ctx, nm.clock(), text, line + n, sizeof line - n);
-  ssize_t w = ::write(fd_, line, n);
-  if (w != ssize_t(n)) {
+  iovec iov[2] = {{const_cast<char*>(kCut), mid_line_ ? sizeof kCut - 1 : 0},
+                  {const_cast<char*>(preface), preface_len}};
+  ssize_t w = writev(fd_, iov, 2);
+  if (w != ssize_t(iov[0].iov_len + preface_len)) {
     if (w >= 0) errno = ENOSPC;  // a short write: still no room
     return false;
   }
@@ -2166,8 +2215,9 @@ bool LogFile::mend(const char* dir, const char* name, const NoticeMaker& nm) {
   return true;
 }
 
-bool DailyFile::open(LogDir* dir, time_t now, char* why, size_t whylen) {
+bool DailyFile::open(LogDir* dir, time_t now, Clock clock, char* why, size_t whylen) {
   dir_ = dir;
+  clock_ = clock;
   char reason[256];
   if (switch_to(now, reason, sizeof reason)) return true;
   char name[16];
@@ -2196,13 +2246,44 @@ bool DailyFile::switch_to(time_t now, char* why, size_t whylen) {
   return true;
 }
 
-void DailyFile::write(const in6_addr*, const iovec* iov, int iovcnt) {
-  write_with(iov, iovcnt, notices_, &losses_);
-}
-
-void DailyFile::write_with(const iovec* iov, int iovcnt, const NoticeMaker& nm, WriteLoss* loss) {
-  if (away_) keep(iov, iovcnt, loss);
-  else file_.write(iov, iovcnt, dir_->path, name_, nm, loss);
+// Once DIR is back, the notice of the outage and the kept lines come
+// before anything else (after the file's own notice, if it owes one).
+WriteReport DailyFile::write(const in6_addr*, const iovec* iov, int iovcnt, const char* preface,
+                             size_t preface_len) {
+  if (away_) return keep(iov, iovcnt);
+  timespec now = clock_ ? clock_() : timespec{0, 0};
+  if (back_) {
+    if (file_.owes()) {
+      WriteReport r = file_.write(nullptr, 0, preface, preface_len, dir_->path, name_, now);
+      if (r.kind != WriteReport::Kind::written) return also_lost(r, iov, iovcnt);
+      preface = nullptr;  // spent on the file's own notice
+    }
+    if (!preface) {
+      WriteReport r;
+      r.kind = WriteReport::Kind::owes_notice;
+      r.owed = WriteReport::Owed::directory_back;
+      r.dir = dir_->given;
+      r.since = timespec{away_since_, 0};
+      r.why = away_why_;
+      r.kept = kept_len_;
+      r.lines = lost_lines_;
+      r.bytes = lost_bytes_;
+      r.now = now;
+      return r;
+    }
+    iovec first[2] = {{const_cast<char*>(preface), preface_len}, {kept_, kept_len_}};
+    warn("log directory %s is back: %zu bytes kept in memory written, %llu lines lost",
+         dir_->given, kept_len_, (unsigned long long)lost_lines_);
+    WriteReport r = file_.write(first, kept_len_ ? 2 : 1, nullptr, 0, dir_->path, name_, now);
+    back_ = false;
+    free(kept_);
+    kept_ = nullptr;
+    kept_len_ = 0;
+    lost_lines_ = lost_bytes_ = 0;
+    if (r.kind != WriteReport::Kind::written) return also_lost(r, iov, iovcnt);
+    preface = nullptr;
+  }
+  return file_.write(iov, iovcnt, preface, preface_len, dir_->path, name_, now);
 }
 
 // At local midnight: DIR looked up again, and the new day's file; if that
@@ -2244,57 +2325,46 @@ void DailyFile::go_away(time_t now, const char* why) {
 }
 
 // Keeps a batch while DIR is gone, whole or (no room) not at all, counted.
-void DailyFile::keep(const iovec* iov, int iovcnt, WriteLoss* loss) {
+WriteReport DailyFile::keep(const iovec* iov, int iovcnt) {
   static const char kCut[] = "[... line cut here ...]\n";
-  size_t bytes = 0, lines = count_lines(iov, iovcnt);
-  for (int i = 0; i < iovcnt; i++) bytes += iov[i].iov_len;
+  WriteReport r;
+  for (int i = 0; i < iovcnt; i++) r.bytes += iov[i].iov_len;
   if (!kept_) kept_ = static_cast<char*>(malloc(kKeptMax));
-  if (kept_ && kept_len_ + bytes + sizeof kCut <= kKeptMax) {
+  if (kept_ && kept_len_ + r.bytes + sizeof kCut <= kKeptMax) {
     for (int i = 0; i < iovcnt; i++) {
       memcpy(kept_ + kept_len_, iov[i].iov_base, iov[i].iov_len);
       kept_len_ += iov[i].iov_len;
     }
-    return;
+    return WriteReport();
   }
   if (kept_ && kept_len_ > 0 && kept_[kept_len_ - 1] != '\n') {  // its rest is lost
     memcpy(kept_ + kept_len_, kCut, sizeof kCut - 1);
     kept_len_ += sizeof kCut - 1;
   }
-  lost_lines_ += lines;
-  lost_bytes_ += bytes;
-  loss->lines[WriteLoss::no_directory] += lines;
-  loss->bytes[WriteLoss::no_directory] += bytes;
+  r.kind = WriteReport::Kind::lost;
+  r.cause = WriteLoss::no_directory;
+  r.lines = count_lines(iov, iovcnt);
+  lost_lines_ += r.lines;
+  lost_bytes_ += r.bytes;
+  return r;
 }
 
-// DIR is back: today's file gets a notice of the gap, then the kept lines.
+// DIR is back: today's file, which owes the notice of the gap and the
+// kept lines (see write).
 void DailyFile::come_back(time_t now) {
   char why[256];
   if (!reopen_log_dir(dir_, why, sizeof why) || !switch_to(now, why, sizeof why)) {
     retry_at_ = now + kRetrySeconds;
     return;
   }
-  char since[kStampMax + 1], text[512], notice[2600];
-  format_stamp(StampStyle::classic, timespec{away_since_, 0}, since);
-  since[19] = '\0';
-  snprintf(text, sizeof text, "log directory %.200s could not be used since %s (%s): %zu bytes of "
-           "lines kept in memory follow; %llu lines (%llu bytes) beyond them were lost",
-           dir_->given, since, away_why_, kept_len_, (unsigned long long)lost_lines_,
-           (unsigned long long)lost_bytes_);
-  size_t n = notices_.format ? notices_.format(notices_.ctx, notices_.clock(), text, notice,
-                                               sizeof notice) : 0;
-  iovec iov[2] = {{notice, n}, {kept_, kept_len_}};
-  warn("log directory %s is back: %zu bytes kept in memory written, %llu lines lost",
-       dir_->given, kept_len_, (unsigned long long)lost_lines_);
   away_ = false;
-  file_.write(iov, kept_len_ ? 2 : 1, dir_->path, name_, notices_, &losses_);
-  free(kept_);
-  kept_ = nullptr;
-  kept_len_ = 0;
-  lost_lines_ = lost_bytes_ = 0;
+  back_ = true;
 }
 
-bool HostFiles::open(LogDir* dir, unsigned files, time_t now, char* why, size_t whylen) {
+bool HostFiles::open(LogDir* dir, unsigned files, time_t now, Clock clock, char* why,
+                     size_t whylen) {
   dir_ = dir;
+  clock_ = clock;
   today_ = now;
   capacity_ = files;
   open_ = static_cast<HostFile*>(calloc(files, sizeof(HostFile)));
@@ -2303,7 +2373,7 @@ bool HostFiles::open(LogDir* dir, unsigned files, time_t now, char* why, size_t 
     return false;
   }
   for (unsigned i = 0; i < files; i++) open_[i].file = LogFile();
-  return daemon_.open(dir, now, why, whylen);
+  return daemon_.open(dir, now, clock, why, whylen);
 }
 
 HostFiles::~HostFiles() {
@@ -2369,13 +2439,12 @@ HostFiles::HostFile* HostFiles::file_for(const in6_addr& host) {
 
 // A host whose file cannot be opened has its lines in the daemon's file:
 // they carry the sender, and nothing is lost.
-void HostFiles::write(const in6_addr* host, const iovec* iov, int iovcnt) {
+WriteReport HostFiles::write(const in6_addr* host, const iovec* iov, int iovcnt,
+                             const char* preface, size_t preface_len) {
   HostFile* f = host ? file_for(*host) : nullptr;
-  if (!f) {
-    daemon_.write_with(iov, iovcnt, notices_, &losses_);
-    return;
-  }
-  f->file.write(iov, iovcnt, dir_->path, f->name, notices_, &losses_);
+  if (!f) return daemon_.write(nullptr, iov, iovcnt, preface, preface_len);
+  return f->file.write(iov, iovcnt, preface, preface_len, dir_->path, f->name,
+                       clock_ ? clock_() : timespec{0, 0});
 }
 
 // Host files are named after the day they are opened in: at midnight they
@@ -2393,10 +2462,13 @@ void HostFiles::reopen(time_t now) {
   today_ = now;
 }
 
-void StdoutSink::write(const in6_addr*, const iovec* iov, int iovcnt) {
-  if (gone_) return;
-  if (!out_.write(iov, iovcnt, "", "standard output", notices_, &losses_) && errno == EPIPE)
-    gone_ = true;
+WriteReport StdoutSink::write(const in6_addr*, const iovec* iov, int iovcnt, const char* preface,
+                              size_t preface_len) {
+  if (gone_) return WriteReport();
+  WriteReport r = out_.write(iov, iovcnt, preface, preface_len, "", "standard output",
+                             clock_ ? clock_() : timespec{0, 0});
+  if (r.kind == WriteReport::Kind::lost && r.err == EPIPE) gone_ = true;
+  return r;
 }
 
 }  // namespace ul
@@ -2744,15 +2816,7 @@ struct Server {
   Clock clock = wall_clock;
 };
 
-void write_to_sink(void* ctx, const in6_addr* host, const iovec* iov, int iovcnt) {
-  static_cast<Sink*>(ctx)->write(host, iov, iovcnt);
-}
-
 void trace_to_stderr(const char* line) { fprintf(stderr, "udplogger: %s\n", line); }
-
-size_t notice_for_sink(void* ctx, const timespec& when, const char* text, char* out, size_t len) {
-  return static_cast<Assembler*>(ctx)->format_notice(when, text, out, len);
-}
 
 int64_t monotonic_ns() {
   timespec t;
@@ -2848,21 +2912,21 @@ void setup(Server* s, const Options& o, Clock clock) {
 
   time_t now = clock().tv_sec;
   if (o.to_stdout()) {
+    s->stdout_sink.open(clock);
     s->sink = &s->stdout_sink;
   } else if (o.split == Split::host) {
-    if (!s->hosts.open(&s->dir, o.files, now, why, sizeof why)) die("%s", why);
+    if (!s->hosts.open(&s->dir, o.files, now, clock, why, sizeof why)) die("%s", why);
     s->sink = &s->hosts;
   } else {
-    if (!s->daily.open(&s->dir, now, why, sizeof why)) die("%s", why);
+    if (!s->daily.open(&s->dir, now, clock, why, sizeof why)) die("%s", why);
     s->sink = &s->daily;
   }
   uint64_t seed = 0;
   if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) != ssize_t(sizeof seed))
     seed = uint64_t(clock().tv_nsec) * 0x9e3779b97f4a7c15ULL ^ uint64_t(getpid());
-  if (!s->out.init(kArenaBytes, write_to_sink, s->sink, o.split == Split::host) ||
+  if (!s->out.init(kArenaBytes, s->sink, s->assembler.lines(), o.split == Split::host) ||
       !s->assembler.init(o, &s->out, seed))
     die("out of memory for clients=%u", o.clients);
-  s->sink->set_notices(NoticeMaker{notice_for_sink, &s->assembler, clock});
   if (o.debug) s->assembler.set_trace(trace_to_stderr);
   ring_init(&s->ring);
 
@@ -2893,7 +2957,7 @@ void setup(Server* s, const Options& o, Clock clock) {
 void report_stats(Server* s, const char* why) {
   char line[768];
   s->assembler.format_stats(line, sizeof line);
-  const WriteLoss& w = s->sink->losses();
+  const WriteLoss& w = s->out.losses();
   uint64_t lines = 0, bytes = 0;
   for (int c = 0; c < WriteLoss::kCauses; c++) lines += w.lines[c], bytes += w.bytes[c];
   size_t n = strlen(line);
@@ -3002,6 +3066,7 @@ int handle_signals(Server* s) {
     if (si.ssi_signo == SIGHUP) {
       s->out.flush();
       s->sink->reopen(s->clock().tv_sec);
+      s->out.settle();
       s->assembler.files_changed();
     } else if (si.ssi_signo == SIGUSR1) {
       check_all_drops(s);
@@ -3046,6 +3111,7 @@ int loop(Server* s) {
     time_t now = s->clock().tv_sec, due = s->sink->next_switch();
     if (due != 0 && now >= due) {  // midnight, or a retry for a vanished dir=
       s->sink->tick(now);
+      s->out.settle();
       s->assembler.files_changed();
     }
     int stop = 0;

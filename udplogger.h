@@ -126,19 +126,75 @@ struct Datagram {
   bool truncated;              // cut to fit the receive slot
 };
 
+// ------------------------------------------------------------------ sinks
+
+// What could not be written, by cause.
+struct WriteLoss {
+  enum Cause { disk_full, quota, io, no_directory, other, kCauses };
+  uint64_t lines[kCauses] = {}, bytes[kCauses] = {};
+};
+
+// What a sink did with a batch.  A sink writes bytes and says what
+// happened; the notices about it are the core's, made where every line is.
+struct WriteReport {
+  enum class Kind : uint8_t {
+    written,      // in the file (with the preface first, if one was given)
+    lost,         // not written: `lines` and `bytes` counted under `cause`
+    owes_notice,  // nothing written: call again with the notice `owed` as preface
+  };
+  enum class Owed : uint8_t {
+    cut_found,       // the file did not end in a newline when opened
+    write_failed,    // `lines` (`bytes`) could not be written since `since`: error `err`
+    directory_back,  // `dir` could not be used since `since` (`why`); `kept` bytes follow,
+                     // `lines` (`bytes`) beyond them were lost
+  };
+  Kind kind = Kind::written;
+  Owed owed = Owed::cut_found;
+  WriteLoss::Cause cause = WriteLoss::other;
+  bool cut = false;        // write_failed: the line before the notice was cut
+  int err = 0;
+  uint64_t lines = 0, bytes = 0;
+  size_t kept = 0;
+  timespec since = {0, 0};
+  timespec now = {0, 0};   // when the notice is due
+  const char* dir = nullptr;
+  const char* why = nullptr;
+};
+
+// Where finished lines go: the daily file, per-host daily files, standard
+// output, or a test's string.
+class Sink {
+ public:
+  // Writes a batch of lines about host (null: the daemon's own), preceded
+  // by preface (a notice the sink asked for in its last report, or null).
+  virtual WriteReport write(const in6_addr* host, const iovec* iov, int iovcnt,
+                            const char* preface, size_t preface_len) = 0;
+  // Switches to the new day's file(s) when now has reached next_switch().
+  virtual void tick(time_t now) { (void)now; }
+  // Reopens every file (SIGHUP), after logrotate moved them.
+  virtual void reopen(time_t now) { (void)now; }
+  // When tick() next has work to do; 0: never.
+  virtual time_t next_switch() const { return 0; }
+  // True when writing can no longer succeed (stdout's reader went away).
+  virtual bool gone() const { return false; }
+
+ protected:
+  ~Sink() = default;  // never deleted through a Sink* (no operator delete: libc alone)
+};
+
 // ------------------------------------------------------------------ output
+
+class LineWriter;
 
 // Collects log text as an iovec list: pieces that live in the receive ring
 // are referenced, everything else is copied into a fixed arena.  When
 // either fills up, or the next line is about another host while lines are
-// grouped by host, the flush callback gets what was collected.
+// grouped by host, what was collected goes to the sink; what the sink
+// reports is counted, and a notice it owes is made by the LineWriter.
 class Output {
  public:
-  // host: the sender's address the lines are about, null for the daemon's own.
-  using FlushFn = void (*)(void* ctx, const in6_addr* host, const iovec* iov, int iovcnt);
-
   // arena_bytes of room for copies; by_host: a batch never mixes hosts.
-  bool init(size_t arena_bytes, FlushFn fn, void* ctx, bool by_host);
+  bool init(size_t arena_bytes, Sink* sink, const LineWriter* notices, bool by_host);
   ~Output();
   // The lines that follow are about host; only matters when grouped by host.
   void to(const in6_addr* host) {
@@ -148,16 +204,22 @@ class Output {
   void copy(const char* p, size_t len);       // into the arena
   void copy_escaped(const char* p, size_t len);  // into the arena, control bytes as \xNN
   char* claim(size_t len);                    // len (< 1 KiB) contiguous bytes to fill
-  void flush();                               // hands what was collected to fn
+  void flush();                               // hands what was collected to the sink
+  // A sink that owes a notice with nothing to write (its directory came
+  // back): it gets its chance now.
+  void settle() { deliver(nullptr, nullptr, 0); }
   // A line starts: making room later writes the lines before it, not a
   // part of it.
   void begin_line();
+  // What the sink could not write, by cause.
+  const WriteLoss& losses() const { return losses_; }
 
  private:
   char* reserve(size_t want, size_t* got);
   void make_room(size_t need);
   void push(const char* p, size_t len);
   void switch_host(const in6_addr* host);
+  void deliver(const in6_addr* host, const iovec* iov, int iovcnt);
 
   static constexpr int kMaxIov = 1024;
   iovec iov_[kMaxIov];
@@ -167,8 +229,9 @@ class Output {
   size_t arena_used_ = 0;
   size_t line_start_ = 0;  // where the line being collected begins in the arena
   int line_iov_ = 0;       // iovcnt_ when it began
-  FlushFn fn_ = nullptr;
-  void* ctx_ = nullptr;
+  Sink* sink_ = nullptr;
+  const LineWriter* notices_ = nullptr;
+  WriteLoss losses_;
   bool by_host_ = false;
   bool has_host_ = false;  // the collected lines are about host_, not the daemon
   in6_addr host_;
@@ -224,11 +287,11 @@ class LineWriter {
   // daemon) and the sender called name (null: none).
   void notice(const in6_addr* host, const char* name, size_t name_len, const timespec& when,
               const char* fmt, ...) __attribute__((format(printf, 6, 7)));
-  // The same notice ("STAMP udplogger: text\n", text escaped) into out, for
-  // a sink that must write one itself; returns its length (< len).
-  size_t format_notice(const timespec& when, const char* text, char* out, size_t len);
+  // The notice a sink's report asks for, into out; returns its length.
+  size_t sink_notice(const WriteReport& r, char* out, size_t len) const;
 
  private:
+  size_t format_notice(const timespec& when, const char* text, char* out, size_t len) const;
   const char* stamp(const timespec& when);  // this second's stamp, cached
   char* prefix(const Origin& o, const timespec& when, size_t extra);
   Output* out_ = nullptr;
@@ -568,10 +631,7 @@ class Assembler {
   // Writes "STAMP udplogger: text" into the daemon's log.
   void notice(const timespec& now, const char* fmt, ...)
       __attribute__((format(printf, 3, 4)));
-  // The same, into out, for a sink to write itself; returns the length.
-  size_t format_notice(const timespec& now, const char* text, char* out, size_t len) {
-    return lines_.format_notice(now, text, out, len);
-  }
+  const LineWriter* lines() const { return &lines_; }
 
   // The statistics line (without newline) into buf.
   void format_stats(char* buf, size_t len) const;
@@ -659,38 +719,26 @@ class Pacer {
 // The shell's clock: wall time now.  The loop takes it as a parameter.
 using Clock = timespec (*)();
 
-// What could not be written, by cause.
-struct WriteLoss {
-  enum Cause { disk_full, quota, io, no_directory, other, kCauses };
-  uint64_t lines[kCauses] = {}, bytes[kCauses] = {};
-};
-
-// How a sink makes the notices it writes itself, and the time now.
-struct NoticeMaker {
-  size_t (*format)(void* ctx, const timespec& when, const char* text, char* out, size_t len);
-  void* ctx;
-  Clock clock;
-};
-
 // One log file open for appending.  It writes whole lines: after a write
 // error (disk full, quota, I/O) it counts the lines and bytes it could not
-// write, and once writing works again the first thing in the file is a
-// notice saying how many, since when and why (after a newline, if a line
-// was cut).  A file found not ending in a newline is mended the same way.
+// write, and once writing works again it owes a notice saying how many,
+// since when and why, to be the first thing in the file (after a cut
+// mark, if a line was cut).  A file found not ending in a newline owes one
+// too.  dir and name are for messages on stderr.
 class LogFile {
  public:
   void adopt(int fd, bool cut);  // cut: the file does not end in a newline
   void close_file();
   int fd() const { return fd_; }
-  // Writes a batch; false (errno set) when it could not.  dir and name are
-  // for messages; losses are added to *loss.
-  bool write(const iovec* iov, int iovcnt, const char* dir, const char* name,
-             const NoticeMaker& nm, WriteLoss* loss);
+  bool owes() const { return failing_ || found_cut_; }  // a notice before the next lines
+  WriteReport write(const iovec* iov, int iovcnt, const char* preface, size_t preface_len,
+                    const char* dir, const char* name, const timespec& now);
 
  private:
-  bool mend(const char* dir, const char* name, const NoticeMaker& nm);
-  void lose(const iovec* iov, int iovcnt, int err, const char* dir, const char* name,
-            const NoticeMaker& nm, WriteLoss* loss);
+  WriteReport owed(const timespec& now) const;
+  bool mend(const char* preface, size_t preface_len, const char* dir, const char* name);
+  WriteReport lose(const iovec* iov, int iovcnt, int err, const char* dir, const char* name,
+                   const timespec& now);
 
   int fd_ = -1;
   bool mid_line_ = false;     // the last byte written was not a newline
@@ -699,33 +747,6 @@ class LogFile {
   int error_ = 0;
   uint64_t lost_lines_ = 0, lost_bytes_ = 0;
   timespec since_ = {0, 0};
-};
-
-// Where finished lines go: the daily file, per-host daily files, stdout.
-// The midnight switch, reopening and write errors belong to the sink.
-class Sink {
- public:
-  // Writes a batch of lines about host (null: the daemon's own).
-  virtual void write(const in6_addr* host, const iovec* iov, int iovcnt) {
-    (void)host, (void)iov, (void)iovcnt;
-  }
-  // Switches to the new day's file(s) when now has reached next_switch().
-  virtual void tick(time_t now) { (void)now; }
-  // Reopens every file (SIGHUP), after logrotate moved them.
-  virtual void reopen(time_t now) { (void)now; }
-  // When tick() next has work to do; 0: never.
-  virtual time_t next_switch() const { return 0; }
-  // True when writing can no longer succeed (stdout's reader went away).
-  virtual bool gone() const { return false; }
-
-  // How to make the notices the sink writes itself (after a write error,
-  // before a mended file).
-  void set_notices(const NoticeMaker& nm) { notices_ = nm; }
-  const WriteLoss& losses() const { return losses_; }
-
- protected:
-  NoticeMaker notices_ = {nullptr, nullptr, nullptr};
-  WriteLoss losses_;
 };
 
 // A log directory held open: files are opened relative to it, without
@@ -754,17 +775,17 @@ int open_log_file(int dirfd, const char* name, unsigned perm, bool* cut, char* w
 // DIR/YYYY-MM-DD.log, switched at local midnight.  When DIR is gone (found
 // on SIGHUP or at midnight) lines are kept in memory, up to kKeptMax bytes
 // (the rest counted as lost), DIR is tried again every kRetrySeconds, and
-// once it is back a notice says what happened, then the kept lines follow.
+// once it is back it owes a notice saying what happened, which the kept
+// lines follow.  clock: the time for its reports.
 class DailyFile : public Sink {
  public:
   static constexpr size_t kKeptMax = 1 << 20;
   static constexpr int kRetrySeconds = 2;
   // Opens today's file; false with *why set ("cannot open log file ...").
-  bool open(LogDir* dir, time_t now, char* why, size_t whylen);
+  bool open(LogDir* dir, time_t now, Clock clock, char* why, size_t whylen);
   ~DailyFile();
-  void write(const in6_addr* host, const iovec* iov, int iovcnt) override;
-  // The same, with another sink's notices and loss counts.
-  void write_with(const iovec* iov, int iovcnt, const NoticeMaker& nm, WriteLoss* loss);
+  WriteReport write(const in6_addr* host, const iovec* iov, int iovcnt, const char* preface,
+                    size_t preface_len) override;
   void tick(time_t now) override;
   void reopen(time_t now) override;
   time_t next_switch() const override { return away_ ? retry_at_ : next_switch_; }
@@ -773,14 +794,16 @@ class DailyFile : public Sink {
  private:
   bool switch_to(time_t now, char* why, size_t whylen);
   void go_away(time_t now, const char* why);
-  void keep(const iovec* iov, int iovcnt, WriteLoss* loss);
+  WriteReport keep(const iovec* iov, int iovcnt);
   void come_back(time_t now);
   LogDir* dir_ = nullptr;
+  Clock clock_ = nullptr;
   LogFile file_;
   char name_[16] = "";
   time_t next_switch_ = 0;
-  // While DIR is gone: since when, why, the lines kept and those lost.
-  bool away_ = false;
+  // While DIR is gone: since when, why, the lines kept and those lost;
+  // back_: it is back, and the notice and the kept lines are owed.
+  bool away_ = false, back_ = false;
   time_t away_since_ = 0, retry_at_ = 0;
   char away_why_[128] = "";
   char* kept_ = nullptr;
@@ -793,9 +816,10 @@ class DailyFile : public Sink {
 // the least recently written closed first.
 class HostFiles : public Sink {
  public:
-  bool open(LogDir* dir, unsigned files, time_t now, char* why, size_t whylen);
+  bool open(LogDir* dir, unsigned files, time_t now, Clock clock, char* why, size_t whylen);
   ~HostFiles();
-  void write(const in6_addr* host, const iovec* iov, int iovcnt) override;
+  WriteReport write(const in6_addr* host, const iovec* iov, int iovcnt, const char* preface,
+                    size_t preface_len) override;
   void tick(time_t now) override;
   void reopen(time_t now) override;
   time_t next_switch() const override { return daemon_.next_switch(); }
@@ -813,6 +837,7 @@ class HostFiles : public Sink {
   void close_all();
 
   const LogDir* dir_ = nullptr;
+  Clock clock_ = nullptr;
   DailyFile daemon_;
   HostFile* open_ = nullptr;
   unsigned capacity_ = 0;
@@ -826,11 +851,14 @@ class HostFiles : public Sink {
 class StdoutSink : public Sink {
  public:
   StdoutSink() { out_.adopt(1, false); }
-  void write(const in6_addr* host, const iovec* iov, int iovcnt) override;
+  void open(Clock clock) { clock_ = clock; }
+  WriteReport write(const in6_addr* host, const iovec* iov, int iovcnt, const char* preface,
+                    size_t preface_len) override;
   bool gone() const override { return gone_; }
 
  private:
   bool gone_ = false;
+  Clock clock_ = nullptr;
   LogFile out_;
 };
 

@@ -76,20 +76,21 @@ inline std::string stamp_at(time_t offset) {
 
 // Collects what the core would write, batch by batch, with the host each
 // batch is about ("" for the daemon's own lines).
-struct Capture {
+struct Capture : ul::Sink {
   std::string text;
   std::vector<std::pair<std::string, std::string>> batches;
   int flushes = 0;
-  static void flush(void* ctx, const in6_addr* host, const iovec* iov, int n) {
-    auto* c = static_cast<Capture*>(ctx);
-    c->flushes++;
+  ul::WriteReport write(const in6_addr* host, const iovec* iov, int n, const char*,
+                        size_t) override {
+    flushes++;
     std::string batch;
     for (int i = 0; i < n; i++)
       batch.append(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
     char name[ul::kHostNameMax] = "";
     if (host) ul::format_host(*host, name);
-    c->batches.emplace_back(name, batch);
-    c->text += batch;
+    batches.emplace_back(name, batch);
+    text += batch;
+    return ul::WriteReport();
   }
 };
 
@@ -100,7 +101,7 @@ struct Core {
   ul::Assembler asm_;
   Capture cap;
   explicit Core(ul::Options o = ul::Options(), size_t arena = 4096) : opts(o) {
-    REQUIRE(out.init(arena, Capture::flush, &cap, o.split == ul::Split::host));
+    REQUIRE(out.init(arena, &cap, asm_.lines(), o.split == ul::Split::host));
     REQUIRE(asm_.init(opts, &out));
   }
   void feed(const in6_addr& addr, uint16_t port, const std::string& data, timespec when,

@@ -297,18 +297,18 @@ TEST_CASE("sink: the daily file switches at local midnight on a fake clock") {
   ul::LogDir d = open_dir(dir);
   ul::DailyFile f;
   char why[512];
-  REQUIRE(f.open(&d, T0, why, sizeof why));
+  REQUIRE(f.open(&d, T0, nullptr, why, sizeof why));
   CHECK(std::string(f.name()) == "2026-11-22.log");
   time_t midnight = T0 + 12 * 3600;
   CHECK(f.next_switch() == midnight);
   iovec before = piece("before\n"), after = piece("after\n");
-  f.write(nullptr, &before, 1);
+  f.write(nullptr, &before, 1, nullptr, 0);
   f.tick(midnight - 1);
   CHECK(std::string(f.name()) == "2026-11-22.log");
   f.tick(midnight);
   CHECK(std::string(f.name()) == "2026-11-23.log");
   CHECK(f.next_switch() == midnight + 86400);
-  f.write(nullptr, &after, 1);
+  f.write(nullptr, &after, 1, nullptr, 0);
   CHECK(read_file(dir + "/2026-11-22.log") == "before\n");
   CHECK(read_file(dir + "/2026-11-23.log") == "after\n");
   struct stat st;
@@ -324,14 +324,14 @@ TEST_CASE("sink: a refused file at midnight keeps the current one and says why")
   ul::LogDir d = open_dir(dir);
   ul::DailyFile f;
   char why[512];
-  REQUIRE(f.open(&d, T0, why, sizeof why));
+  REQUIRE(f.open(&d, T0, nullptr, why, sizeof why));
   time_t midnight = T0 + 21 * 3600;
   std::string err = stderr_of([&] { f.tick(midnight); });
   CHECK(err == "udplogger: cannot switch to log file " + std::string(d.path) +
                    "/2026-11-23.log: is a symbolic link; still writing 2026-11-22.log\n");
   CHECK(f.next_switch() == midnight + 60);  // tries again in a minute
   iovec line = piece("still logged\n");
-  f.write(nullptr, &line, 1);
+  f.write(nullptr, &line, 1, nullptr, 0);
   CHECK(read_file(dir + "/2026-11-22.log") == "still logged\n");
   CHECK(access(victim.c_str(), F_OK) != 0);
 }
@@ -342,7 +342,7 @@ TEST_CASE("sink: split=host files per address, at most files= open, daemon lines
   ul::LogDir d = open_dir(dir);
   ul::HostFiles h;
   char why[512];
-  REQUIRE(h.open(&d, 3, T0, why, sizeof why));
+  REQUIRE(h.open(&d, 3, T0, nullptr, why, sizeof why));
   std::vector<in6_addr> hosts;
   for (int i = 1; i <= 10; i++) hosts.push_back(v4(("192.0.2." + std::to_string(i)).c_str()));
   hosts.push_back(v6("2001:db8::1"));
@@ -350,13 +350,13 @@ TEST_CASE("sink: split=host files per address, at most files= open, daemon lines
     for (size_t i = 0; i < hosts.size(); i++) {
       std::string text = "round " + std::to_string(round) + " host " + std::to_string(i) + "\n";
       iovec v = piece(text.c_str());
-      h.write(&hosts[i], &v, 1);
+      h.write(&hosts[i], &v, 1, nullptr, 0);
       CHECK(h.open_files() <= 3);
       CHECK(fds_into("self", d.path) <= 3 + 1);  // host files and the daemon's day file
     }
   }
   iovec own = piece("udplogger: own\n");
-  h.write(nullptr, &own, 1);
+  h.write(nullptr, &own, 1, nullptr, 0);
   CHECK(read_file(dir + "/192.0.2.4/2026-11-22.log") ==
         "round 0 host 3\nround 1 host 3\nround 2 host 3\n");
   CHECK(read_file(dir + "/2001:db8::1/2026-11-22.log").find("round 2 host 10\n") !=
@@ -371,7 +371,7 @@ TEST_CASE("sink: split=host files per address, at most files= open, daemon lines
   h.tick(T0 + 21 * 3600);
   CHECK(h.open_files() == 0);
   iovec late = piece("next day\n");
-  h.write(&hosts[3], &late, 1);
+  h.write(&hosts[3], &late, 1, nullptr, 0);
   CHECK(read_file(dir + "/192.0.2.4/2026-11-23.log") == "next day\n");
   CHECK(std::string(h.name()) == "2026-11-23.log");
 }
@@ -384,11 +384,11 @@ TEST_CASE("sink: a host directory that is a symbolic link is refused; lines kept
   ul::LogDir d = open_dir(dir);
   ul::HostFiles h;
   char why[512];
-  REQUIRE(h.open(&d, 4, T0, why, sizeof why));
+  REQUIRE(h.open(&d, 4, T0, nullptr, why, sizeof why));
   in6_addr host = v4("192.0.2.66");
   iovec v = piece("2026-11-22 03:00:00 192.0.2.66:1 evil\n");
   std::string err = stderr_of([&] {
-    for (int i = 0; i < 3; i++) h.write(&host, &v, 1);
+    for (int i = 0; i < 3; i++) h.write(&host, &v, 1, nullptr, 0);
   });
   CHECK(err == "udplogger: cannot open log file " + std::string(d.path) +
                    "/192.0.2.66/2026-11-22.log: is not a directory (or is a symbolic link); "

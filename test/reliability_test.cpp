@@ -20,12 +20,26 @@
 
 namespace {
 
-// A notice maker of the test's own, so the file's exact bytes are known.
-size_t test_notice(void*, const timespec& when, const char* text, char* out, size_t len) {
-  return size_t(snprintf(out, len, "NOTICE %ld: %s\n", long(when.tv_sec - T0), text));
-}
 timespec test_clock() { return at(T0 + 7); }
-const ul::NoticeMaker kNotices = {test_notice, nullptr, test_clock};
+
+// Writes to f as the core does: a notice the file owes, made by the
+// LineWriter from its report, is handed back as the preface.
+bool write_as_core(ul::LogFile* f, const iovec* iov, int n, const char* dir, const char* name,
+                   ul::WriteLoss* loss) {
+  ul::LineWriter lines;
+  lines.init(ul::Options(), nullptr, nullptr);
+  ul::WriteReport r = f->write(iov, n, nullptr, 0, dir, name, test_clock());
+  if (r.kind == ul::WriteReport::Kind::owes_notice) {
+    char preface[2048];
+    size_t len = lines.sink_notice(r, preface, sizeof preface);
+    r = f->write(iov, n, preface, len, dir, name, test_clock());
+  }
+  if (r.kind == ul::WriteReport::Kind::lost) {
+    loss->lines[r.cause] += r.lines;
+    loss->bytes[r.cause] += r.bytes;
+  }
+  return r.kind == ul::WriteReport::Kind::written;
+}
 
 }  // namespace
 
@@ -40,8 +54,8 @@ TEST_CASE("write errors: lines counted by cause; when writing works again a noti
   iovec ab[2] = {piece("line a\n"), piece("line b\n")};
   iovec c = piece("line c\n"), d = piece("line d\n");
   std::string err = stderr_of([&] {
-    CHECK_FALSE(f.write(ab, 2, "/dir", "x.log", kNotices, &loss));
-    CHECK_FALSE(f.write(&c, 1, "/dir", "x.log", kNotices, &loss));
+    CHECK_FALSE(write_as_core(&f, ab, 2, "/dir", "x.log", &loss));
+    CHECK_FALSE(write_as_core(&f, &c, 1, "/dir", "x.log", &loss));
   });
   CHECK(err == "udplogger: cannot write /dir/x.log: No space left on device; counting the lines "
                "lost until writing works again\n");  // once per episode
@@ -51,10 +65,10 @@ TEST_CASE("write errors: lines counted by cause; when writing works again a noti
   int real = open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
   REQUIRE(dup2(real, fd) == fd);
   close(real);
-  err = stderr_of([&] { CHECK(f.write(&d, 1, "/dir", "x.log", kNotices, &loss)); });
+  err = stderr_of([&] { CHECK(write_as_core(&f, &d, 1, "/dir", "x.log", &loss)); });
   CHECK(err == "udplogger: writing /dir/x.log again: 3 lines (21 bytes) were lost, said in the "
                "file\n");
-  CHECK(read_file(path) == "NOTICE 7: 3 lines (21 bytes) could not be written since "
+  CHECK(read_file(path) == "2026-11-22 03:00:07 udplogger: 3 lines (21 bytes) could not be written since "
                            "2026-11-22 03:00:07: No space left on device\nline d\n");
   f.close_file();
 }
@@ -67,18 +81,18 @@ TEST_CASE("write errors: a line cut by the error is ended and marked") {
   f.adopt(fd, false);
   ul::WriteLoss loss;
   iovec half = piece("whole\nhalf of a li");  // a batch may end inside a line
-  CHECK(f.write(&half, 1, "/d", "n", kNotices, &loss));
+  CHECK(write_as_core(&f, &half, 1, "/d", "n", &loss));
   int full = open("/dev/full", O_WRONLY);
   int keep = dup(fd);
   dup2(full, fd);
   iovec rest = piece("ne\nnext\n");
-  stderr_of([&] { CHECK_FALSE(f.write(&rest, 1, "/d", "n", kNotices, &loss)); });
+  stderr_of([&] { CHECK_FALSE(write_as_core(&f, &rest, 1, "/d", "n", &loss)); });
   dup2(keep, fd);
   close(keep);
   close(full);
   iovec later = piece("later\n");
-  stderr_of([&] { CHECK(f.write(&later, 1, "/d", "n", kNotices, &loss)); });
-  CHECK(read_file(path) == "whole\nhalf of a li[... line cut here ...]\nNOTICE 7: 2 lines (8 bytes) could not be written "
+  stderr_of([&] { CHECK(write_as_core(&f, &later, 1, "/d", "n", &loss)); });
+  CHECK(read_file(path) == "whole\nhalf of a li[... line cut here ...]\n2026-11-22 03:00:07 udplogger: 2 lines (8 bytes) could not be written "
                            "since 2026-11-22 03:00:07: No space left on device; the line before "
                            "this notice was cut\nlater\n");
   f.close_file();
@@ -97,13 +111,16 @@ TEST_CASE("crash: a day file that does not end in a newline gets one and a notic
   char why[512];
   REQUIRE(ul::open_log_dir(dir.c_str(), 0600, &d, why, sizeof why));
   ul::DailyFile f;
-  REQUIRE(f.open(&d, T0, why, sizeof why));
-  f.set_notices(kNotices);
-  iovec next = piece("2026-11-22 03:00:00 10.0.0.1:1 next\n");
-  f.write(nullptr, &next, 1);
+  REQUIRE(f.open(&d, T0, test_clock, why, sizeof why));
+  ul::LineWriter lines;
+  ul::Output out;
+  REQUIRE(out.init(4096, &f, &lines, false));
+  lines.init(ul::Options(), &out, nullptr);
+  out.copy("2026-11-22 03:00:00 10.0.0.1:1 next\n", 36);
+  out.flush();
   CHECK(read_file(dir + "/2026-11-22.log") ==
         "2026-11-22 02:59:59 10.0.0.1:1 cut by SIGKI[... line cut here ...]\n"
-        "NOTICE 7: the line before this notice was cut: the file did not end in a newline "
+        "2026-11-22 03:00:07 udplogger: the line before this notice was cut: the file did not end in a newline "
         "(udplogger or the system stopped while writing it)\n"
         "2026-11-22 03:00:00 10.0.0.1:1 next\n");
 }
@@ -122,7 +139,7 @@ TEST_CASE("start-up safety: a day file with another hard link, or another owner,
   char why[512];
   REQUIRE(ul::open_log_dir(dir.c_str(), 0600, &d, why, sizeof why));
   ul::DailyFile f;
-  CHECK_FALSE(f.open(&d, T0, why, sizeof why));
+  CHECK_FALSE(f.open(&d, T0, nullptr, why, sizeof why));
   CHECK(std::string(why) == "cannot open log file " + std::string(d.path) +
                                 "/2026-11-22.log: has 2 hard links; refusing to append to it");
   if (!is_root()) {
@@ -133,7 +150,7 @@ TEST_CASE("start-up safety: a day file with another hard link, or another owner,
   REQUIRE(rename(victim.c_str(), (dir + "/2026-11-22.log").c_str()) == 0);
   REQUIRE(chown((dir + "/2026-11-22.log").c_str(), 65534, 65534) == 0);
   ul::DailyFile g;
-  CHECK_FALSE(g.open(&d, T0, why, sizeof why));
+  CHECK_FALSE(g.open(&d, T0, nullptr, why, sizeof why));
   CHECK(std::string(why).find("/2026-11-22.log: is owned by uid 65534, not by udplogger's uid 0; "
                               "refusing to append to it") != std::string::npos);
 }

@@ -15,9 +15,13 @@ namespace {
 
 std::string collected;
 
-void collect(void*, const in6_addr*, const iovec* iov, int n) {
-  for (int i = 0; i < n; i++) collected.append(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
-}
+struct Collect : ul::Sink {
+  ul::WriteReport write(const in6_addr*, const iovec* iov, int n, const char*, size_t) override {
+    for (int i = 0; i < n; i++)
+      collected.append(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
+    return ul::WriteReport();
+  }
+};
 
 [[noreturn]] void finding(const char* what, const std::string& line) {
   fprintf(stderr, "fuzz invariant broken: %s: %.200s\n", what, line.c_str());
@@ -69,9 +73,10 @@ void fuzz_one(const uint8_t* data, size_t size, bool raw) {
   collected.clear();
   std::map<std::string, std::string> sent;  // sender name -> bytes sent
   {
+    Collect sink;
     ul::Output out;
     ul::Assembler a;
-    if (!out.init(knobs & 64 ? 4096 : 65536, collect, nullptr, o.split == ul::Split::host) ||
+    if (!out.init(knobs & 64 ? 4096 : 65536, &sink, a.lines(), o.split == ul::Split::host) ||
         !a.init(o, &out, 42))
       abort();
     timespec now = {1795316400, 0};

@@ -1,25 +1,31 @@
 // udplogger: receive line-oriented UDP log streams (Linux netconsole and
 // others) and append them to daily log files.
 //
-// Map of this file.  The pure core, declared in udplogger.h, does no I/O:
+// Map of this file, in the order a datagram travels.  The pure core,
+// declared in udplogger.h, does no I/O:
 //   options        key=value parsing and its error texts
-//   formatting     escaping, stamps, sender and host names, day files
-//   output         Output (iovec collector) and LineWriter, the one
-//                  birthplace of every log line
+//   formatting     escaping and the line scan, stamps, sender and host
+//                  names, day file names
+//   core           Core: the contract's verbs, over the parts below
+//   routing        Assembler: allow=, a datagram's sender, extended
+//                  netconsole or text; text joined into lines per sender;
+//                  the machine's events made into lines and counts
 //   senders        SenderTable: slots, hash, least recently heard
-//   assembly       Assembler: routes each Datagram, joins text into lines
+//   netconsole     extended header parsing; Netconsole, the state machine
+//                  (SEQ, msgid, reassembly); RecordWriter (a record as lines)
+//   LineWriter     the one birthplace of every log line and notice
+//   output         Output: lines collected as iovecs, handed to the sink,
+//                  its reports counted
 //   pacing         Pacer: the loop's pause under load, from the arrival rate
-//   netconsole     extended header parsing, Netconsole (SEQ, msgid,
-//                  reassembly) and RecordWriter (a record as lines)
 // The shell does the I/O:
-//   listener       create (or inherit by socket activation) / tune /
+//   listener       create (or inherit by socket activation), tune and
 //                  describe the UDP sockets
-//   notify         systemd's readiness protocol
-//   sinks          log directory and files: DailyFile, HostFiles, StdoutSink
-//   privileges     dropping uid and gid
 //   receive        recvmmsg into the ring, one Datagram per message
-//   loop           setup, then epoll: receive, expire, signals, midnight
-//   main
+//   sinks          log directory and files: DailyFile, HostFiles, StdoutSink
+//   notify         systemd's readiness protocol
+//   privileges     dropping uid and gid
+//   loop           setup, then epoll: receive, expire, signals, midnight;
+//                  main
 //
 // Copyright (C) 2026 the udplogger authors.  GPL version 2, see COPYING.
 #include "udplogger.h"
@@ -47,6 +53,7 @@
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
+
 
 namespace ul {
 
@@ -500,372 +507,82 @@ size_t format_sender(const in6_addr& addr, uint16_t port, char* out) {
   return size_t(p - out);
 }
 
-// ================================================================== output
-
-bool Output::init(size_t arena_bytes, Sink* sink, const LineWriter* notices, bool by_host) {
-  arena_ = static_cast<char*>(malloc(arena_bytes));
-  arena_cap_ = arena_bytes;
-  sink_ = sink;
-  notices_ = notices;
-  by_host_ = by_host;
-  return arena_ != nullptr;
-}
-
-Output::~Output() { free(arena_); }
-
-// Hands a batch to the sink and counts what it lost.  A sink that owes a
-// notice first writes nothing and says which; it gets it as a preface.
-void Output::deliver(const in6_addr* host, const iovec* iov, int iovcnt) {
-  char preface[2048];
-  size_t preface_len = 0;
-  WriteReport r = sink_->write(host, iov, iovcnt, nullptr, 0);
-  for (int tries = 0; r.kind == WriteReport::Kind::owes_notice && tries < 3; tries++) {
-    preface_len = notices_->sink_notice(r, preface, sizeof preface);
-    r = sink_->write(host, iov, iovcnt, preface, preface_len);
-  }
-  if (r.kind == WriteReport::Kind::lost) {
-    add_saturating(&losses_.lines[r.cause], r.lines);
-    add_saturating(&losses_.bytes[r.cause], r.bytes);
-  }
-}
-
-void Output::flush() {
-  if (iovcnt_ > 0) deliver(has_host_ ? &host_ : nullptr, iov_, iovcnt_);
-  iovcnt_ = 0;
-  arena_used_ = 0;
-  line_start_ = 0;
-  line_iov_ = 0;
-}
-
-void Output::begin_line() {
-  line_start_ = arena_used_;
-  line_iov_ = iovcnt_;
-}
-
-// When the arena or the iovec list is full in the middle of a line, the
-// lines before it are written and the line moves to the front: a line is
-// never cut between two writes (processes sharing one file with
-// reuseport=1 append whole lines) unless it leaves no `need` bytes free in
-// the arena (or no iovec) on its own.
-void Output::make_room(size_t need) {
-  bool nothing_yet = line_iov_ == iovcnt_ && line_start_ == arena_used_;
-  if (line_iov_ == 0 || nothing_yet) return flush();  // no whole line before, or none of this one
-  char* start = arena_ + line_start_;
-  int k = line_iov_;  // the line's first iovec
-  iovec& last = iov_[k - 1];
-  char* merged = static_cast<char*>(last.iov_base);
-  size_t rest = 0;  // the line's bytes appended to the iovec before it
-  if (merged >= arena_ && merged < start && merged + last.iov_len > start)
-    rest = size_t(merged + last.iov_len - start);
-  last.iov_len -= rest;
-  deliver(has_host_ ? &host_ : nullptr, iov_, k);
-  if (rest) {
-    k--;
-    last = iovec{start, rest};
-  }
-  char* end = arena_ + arena_used_;
-  for (int i = k; i < iovcnt_; i++) {
-    char* p = static_cast<char*>(iov_[i].iov_base);
-    if (p >= start && p < end) iov_[i].iov_base = p - line_start_;
-  }
-  memmove(arena_, start, size_t(end - start));
-  memmove(iov_, iov_ + k, size_t(iovcnt_ - k) * sizeof(iovec));
-  iovcnt_ -= k;
-  arena_used_ -= line_start_;
-  line_start_ = 0;
-  line_iov_ = 0;
-  if (iovcnt_ >= kMaxIov || arena_cap_ - arena_used_ < need) flush();  // cut after all
-}
-
-// Lines about another host go out in a batch of their own.
-void Output::switch_host(const in6_addr* host) {
-  bool same = host ? has_host_ && !memcmp(&host_, host, sizeof host_) : !has_host_;
-  if (same) return;
-  flush();
-  has_host_ = host != nullptr;
-  if (host) host_ = *host;
-}
-
-// Returns arena space for up to `want` bytes (at least 4), making room
-// first when the arena or the iovec list is full.
-char* Output::reserve(size_t want, size_t* got) {
-  if (iovcnt_ >= kMaxIov || arena_cap_ - arena_used_ < 4) make_room(4);
-  size_t room = arena_cap_ - arena_used_;
-  *got = want < room ? want : room;
-  return arena_ + arena_used_;
-}
-
-// Appends p to the iovec list, growing the last entry when p continues it.
-void Output::push(const char* p, size_t len) {
-  if (iovcnt_ > 0) {
-    iovec& last = iov_[iovcnt_ - 1];
-    if (static_cast<char*>(last.iov_base) + last.iov_len == p) {
-      last.iov_len += len;
-      return;
-    }
-  }
-  iov_[iovcnt_].iov_base = const_cast<char*>(p);
-  iov_[iovcnt_].iov_len = len;
-  iovcnt_++;
-}
-
-void Output::ref(const char* p, size_t len) {
-  if (len == 0) return;
-  if (iovcnt_ >= kMaxIov) make_room(0);
-  push(p, len);
-}
-
-void Output::copy(const char* p, size_t len) {
-  while (len > 0) {
-    size_t n;
-    char* d = reserve(len, &n);
-    memcpy(d, p, n);
-    arena_used_ += n;
-    push(d, n);
-    p += n;
-    len -= n;
-  }
-}
-
-char* Output::claim(size_t len) {
-  if (iovcnt_ >= kMaxIov || arena_cap_ - arena_used_ < len) make_room(len);
-  char* d = arena_ + arena_used_;
-  arena_used_ += len;
-  push(d, len);
-  return d;
-}
-
-// Clean runs are copied whole; only the bytes that need it are escaped.
-void Output::copy_escaped(const char* p, size_t len) {
-  const char* end = p + len;
-  while (p < end) {
-    const char* c = find_control(p, end);
-    copy(p, size_t(c - p));
-    if (c == end) break;
-    char esc[4];
-    escape_text(c, 1, esc);
-    copy(esc, 4);
-    p = c + 1;
-  }
-}
-
-// ------------------------------------------------------------- LineWriter
-
-void LineWriter::init(const Options& opts, Output* out, Stats* stats) {
-  out_ = out;
-  stats_ = stats;
-  escape_ = opts.escape;
-  style_ = opts.stamp;
-}
-
-// The stamp is formatted once a second; ISO stamps get their microseconds
-// per line.
-const char* LineWriter::stamp(const timespec& when) {
-  if (when.tv_sec != stamp_sec_) {
-    stamp_len_ = format_stamp(style_, when, stamp_);
-    stamp_sec_ = when.tv_sec;
-  } else if (style_ == StampStyle::iso) {
-    put_micros(stamp_ + kIsoMicros, when.tv_nsec);
-  }
-  return stamp_;
-}
-
-// Claims a new line's prefix ("STAMP NAME ") and `extra` bytes after it
-// in one piece of the arena; returns where the extra bytes go.
-char* LineWriter::prefix(const Origin& o, const timespec& when, size_t extra) {
-  stamp(when);
-  out_->to(o.host);
-  out_->begin_line();
-  size_t head = stamp_len_ + o.name_len + 1;
-  char* d = out_->claim(head + extra);
-  memcpy(d, stamp_, stamp_len_);
-  memcpy(d + stamp_len_, o.name, o.name_len);
-  d[head - 1] = ' ';
-  return d + head;
-}
-
-void LineWriter::begin(const Origin& o, const timespec& when) { prefix(o, when, 0); }
-
-void LineWriter::text(const char* p, size_t len) {
-  if (len == 0) return;  // most lines: no partial line before them
-  if (escape_ == Escape::hex) out_->copy_escaped(p, len);
-  else out_->copy(p, len);
-}
-
 // Short lines are copied next to their prefix, so that a batch of them is
 // one piece of memory for writev; long ones are referenced in place.
 constexpr size_t kCopyMax = 512;
 
-// A short clean line whose newline follows it, the most common one:
-// prefix and text claimed at once.
-void LineWriter::short_line(const Origin& o, const timespec& when, const char* p, size_t len) {
-  memcpy(prefix(o, when, len + 1), p, len + 1);
-  stats_->lines++;
+// ==================================================================== core
+
+// Placement new of our own: musl's toolchain has no C++ headers (<new>).
+struct InPlace {};
+
+}  // namespace ul
+
+inline void* operator new(size_t, void* p, ul::InPlace) noexcept { return p; }
+
+namespace ul {
+
+struct Core::Parts {
+  Output out;
+  Assembler assembler;
+};
+
+// Room for copied lines between two writes to the sink.
+constexpr size_t kArenaBytes = size_t(256) * 1024;
+
+bool Core::init(const Options& opts, Sink* sink, uint64_t seed) {
+  void* p = calloc(1, sizeof(Parts));
+  if (!p) return false;
+  parts_ = new (p, InPlace()) Parts();
+  return parts_->out.init(kArenaBytes, sink, parts_->assembler.lines(), opts.split == Split::host) &&
+         parts_->assembler.init(opts, &parts_->out, seed);
 }
 
-void LineWriter::end_with(const char* p, size_t len, bool newline_follows, bool clean) {
-  if (escape_ == Escape::hex && !clean && any_escape(p, len)) {
-    out_->copy_escaped(p, len);
-    out_->copy("\n", 1);
-  } else if (newline_follows && len < kCopyMax) {
-    out_->copy(p, len + 1);
-  } else if (newline_follows) {
-    out_->ref(p, len + 1);
-  } else {
-    out_->ref(p, len);
-    out_->copy("\n", 1);
-  }
-  stats_->lines++;
+Core::~Core() {
+  if (!parts_) return;
+  parts_->~Parts();
+  free(parts_);
 }
 
-void LineWriter::end() {
-  out_->copy("\n", 1);
-  stats_->lines++;
+void Core::datagrams(const Datagram* d, size_t n) {
+  parts_->assembler.datagrams(d, n);
+  parts_->out.flush();  // the bytes go away now
 }
 
-// Notices are always escaped and are not counted as lines received.
-void LineWriter::notice(const in6_addr* host, const char* name, size_t name_len,
-                        const timespec& when, const char* fmt, ...) {
+void Core::expire(const timespec& now, bool all) {
+  parts_->assembler.expire(now, all);
+  parts_->out.flush();
+}
+
+timespec Core::next_deadline() const { return parts_->assembler.next_deadline(); }
+
+void Core::kernel_dropped(uint32_t n, const timespec& now) {
+  parts_->assembler.kernel_dropped(n, now);
+  parts_->out.flush();
+}
+
+void Core::files_changed() {
+  parts_->out.settle();
+  parts_->assembler.files_changed();
+}
+
+void Core::notice(const timespec& now, const char* fmt, ...) {
   char text[512];
-  int n = name ? snprintf(text, sizeof text, "%.*s: ", int(name_len), name) : 0;
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(text + n, sizeof text - size_t(n), fmt, ap);
+  vsnprintf(text, sizeof text, fmt, ap);
   va_end(ap);
-  char line[sizeof text * 4 + kStampMax + 16];
-  size_t len = format_notice(when, text, line, sizeof line);
-  out_->to(host);
-  out_->begin_line();
-  out_->copy(line, len);
+  parts_->assembler.notice(now, "%s", text);
+  parts_->out.flush();
 }
 
-// The notice a sink owes its file, from its report.
-size_t LineWriter::sink_notice(const WriteReport& r, char* out, size_t len) const {
-  char since[kStampMax + 1], text[512];
-  format_stamp(StampStyle::classic, r.since, since);
-  since[19] = '\0';
-  switch (r.owed) {
-    case WriteReport::Owed::cut_found:
-      snprintf(text, sizeof text, "the line before this notice was cut: the file did not end "
-               "in a newline (udplogger or the system stopped while writing it)");
-      break;
-    case WriteReport::Owed::write_failed:
-      snprintf(text, sizeof text, "%llu lines (%llu bytes) could not be written since %s: %s%s",
-               (unsigned long long)r.lines, (unsigned long long)r.bytes, since,
-               strerror(r.err), r.cut ? "; the line before this notice was cut" : "");
-      break;
-    case WriteReport::Owed::directory_back:
-      snprintf(text, sizeof text, "log directory %.200s could not be used since %s (%s): %zu "
-               "bytes of lines kept in memory follow; %llu lines (%llu bytes) beyond them were "
-               "lost", r.dir, since, r.why, r.kept, (unsigned long long)r.lines,
-               (unsigned long long)r.bytes);
-      break;
-  }
-  return format_notice(r.now, text, out, len);
-}
+void Core::set_trace(TraceFn fn) { parts_->assembler.set_trace(fn); }
+const Stats& Core::stats() const { return parts_->assembler.stats(); }
+const WriteLoss& Core::losses() const { return parts_->out.losses(); }
+size_t Core::senders() const { return parts_->assembler.senders(); }
+void Core::format_stats(char* buf, size_t len) const { parts_->assembler.format_stats(buf, len); }
 
-// Its own stamp, not the cached one: a sink may ask for a notice while a
-// line is being begun.
-size_t LineWriter::format_notice(const timespec& when, const char* text, char* out,
-                                 size_t len) const {
-  char st[kStampMax + 1];
-  size_t stlen = format_stamp(style_, when, st);
-  size_t textlen = strlen(text);
-  if (len < stlen + 12 + 4 * textlen + 1) textlen = (len - stlen - 13) / 4;
-  static const char kName[11] = {'u', 'd', 'p', 'l', 'o', 'g', 'g', 'e', 'r', ':', ' '};
-  memcpy(out, st, stlen);
-  memcpy(out + stlen, kName, sizeof kName);
-  size_t n = stlen + 11 + escape_text(text, textlen, out + stlen + 11);
-  out[n++] = '\n';
-  return n;
-}
-
-// ================================================================= senders
-
-bool SenderTable::init(unsigned capacity, uint64_t seed) {
-  capacity_ = capacity;
-  seed_ = seed;
-  // Mapped: zeroed, resident only as slots are used, and page-aligned, so
-  // that a slot's first 64 bytes are one cache line.
-  void* m = mmap(nullptr, capacity * sizeof(Sender), PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  slots_ = m == MAP_FAILED ? nullptr : static_cast<Sender*>(m);
-  uint32_t nbuckets = 16;
-  while (nbuckets < capacity * 2) nbuckets <<= 1;
-  buckets_ = static_cast<int32_t*>(malloc(nbuckets * sizeof(int32_t)));
-  if (!slots_ || !buckets_) return false;
-  for (uint32_t i = 0; i < nbuckets; i++) buckets_[i] = -1;
-  bucket_mask_ = nbuckets - 1;
-  return true;
-}
-
-SenderTable::~SenderTable() {
-  if (slots_) munmap(slots_, capacity_ * sizeof(Sender));
-  free(buckets_);
-}
-
-// Address and port mixed a word at a time (multiply, fold) with the seed:
-// a few cycles, where a byte-wise hash over 18 bytes was the largest cost
-// of a lookup; senders of one subnet or one host's ports still spread, and
-// without the seed nobody can compute senders that share a bucket.
-uint32_t SenderTable::bucket(const in6_addr& addr, uint16_t port) const {
-  uint64_t hi, lo;
-  memcpy(&hi, addr.s6_addr, 8);
-  memcpy(&lo, addr.s6_addr + 8, 8);
-  uint64_t h = ((hi ^ seed_) * 0x9e3779b97f4a7c15ULL) ^
-               ((lo + port + (seed_ >> 17)) * 0xc2b2ae3d27d4eb4fULL);
-  h ^= h >> 29;
-  h *= 0xbf58476d1ce4e5b9ULL;
-  h ^= h >> 32;
-  return uint32_t(h) & bucket_mask_;
-}
-
-void SenderTable::unhash(Sender* s) {
-  int32_t* link = &buckets_[bucket(s->addr, s->port)];
-  while (*link != index(s)) link = &slots_[*link].hash_next;
-  *link = s->hash_next;
-}
-
-Sender* SenderTable::find(const in6_addr& addr, uint16_t port, uint32_t bucket) {
-  for (int32_t i = buckets_[bucket]; i >= 0; i = slots_[i].hash_next) {
-    Sender* s = &slots_[i];
-    if (s->port == port && !memcmp(&s->addr, &addr, sizeof addr)) {
-      if (lru_.tail != i) {
-        lru_.unlink(slots_, i);
-        lru_.append(slots_, i);
-      }
-      return s;
-    }
-  }
-  return nullptr;
-}
-
-// The slot keeps its partial-line buffer; everything else is the caller's
-// to reset.
-Sender* SenderTable::add(const in6_addr& addr, uint16_t port) {
-  Sender* s;
-  if (used_ < capacity_) {
-    s = &slots_[used_++];
-  } else {
-    s = idle_longest();
-    unhash(s);
-    lru_.unlink(slots_, index(s));
-  }
-  // The one place a sender is born.  Its partial-line buffer was given
-  // back when its last partial line was written (slots start zeroed).
-  s->addr = addr;
-  s->port = port;
-  s->name_len = uint8_t(format_sender(addr, port, s->name));
-  s->partial_len = 0;
-  s->dict_written = 0;
-  uint32_t b = bucket(addr, port);
-  s->hash_next = buckets_[b];
-  buckets_[b] = index(s);
-  lru_.append(slots_, index(s));
-  return s;
-}
-
-// ================================================================ assembly
+// ================================================================= routing
 
 namespace {
 
@@ -1423,19 +1140,89 @@ void Assembler::files_changed() {
   for (size_t i = 0; i < table_.size(); i++) table_.slots()[i].dict_written = 0;
 }
 
-// ================================================================== pacing
+// ================================================================= senders
 
-long Pacer::woke(uint64_t n, int64_t now_ns) {
-  count_ += n;
-  int64_t span = now_ns - since_;
-  if (span >= kWindowNs) {
-    rate_ = uint64_t(double(count_) * 1e9 / double(span));
-    count_ = 0;
-    since_ = now_ns;
+bool SenderTable::init(unsigned capacity, uint64_t seed) {
+  capacity_ = capacity;
+  seed_ = seed;
+  // Mapped: zeroed, resident only as slots are used, and page-aligned, so
+  // that a slot's first 64 bytes are one cache line.
+  void* m = mmap(nullptr, capacity * sizeof(Sender), PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  slots_ = m == MAP_FAILED ? nullptr : static_cast<Sender*>(m);
+  uint32_t nbuckets = 16;
+  while (nbuckets < capacity * 2) nbuckets <<= 1;
+  buckets_ = static_cast<int32_t*>(malloc(nbuckets * sizeof(int32_t)));
+  if (!slots_ || !buckets_) return false;
+  for (uint32_t i = 0; i < nbuckets; i++) buckets_[i] = -1;
+  bucket_mask_ = nbuckets - 1;
+  return true;
+}
+
+SenderTable::~SenderTable() {
+  if (slots_) munmap(slots_, capacity_ * sizeof(Sender));
+  free(buckets_);
+}
+
+// Address and port mixed a word at a time (multiply, fold) with the seed:
+// a few cycles, where a byte-wise hash over 18 bytes was the largest cost
+// of a lookup; senders of one subnet or one host's ports still spread, and
+// without the seed nobody can compute senders that share a bucket.
+uint32_t SenderTable::bucket(const in6_addr& addr, uint16_t port) const {
+  uint64_t hi, lo;
+  memcpy(&hi, addr.s6_addr, 8);
+  memcpy(&lo, addr.s6_addr + 8, 8);
+  uint64_t h = ((hi ^ seed_) * 0x9e3779b97f4a7c15ULL) ^
+               ((lo + port + (seed_ >> 17)) * 0xc2b2ae3d27d4eb4fULL);
+  h ^= h >> 29;
+  h *= 0xbf58476d1ce4e5b9ULL;
+  h ^= h >> 32;
+  return uint32_t(h) & bucket_mask_;
+}
+
+void SenderTable::unhash(Sender* s) {
+  int32_t* link = &buckets_[bucket(s->addr, s->port)];
+  while (*link != index(s)) link = &slots_[*link].hash_next;
+  *link = s->hash_next;
+}
+
+Sender* SenderTable::find(const in6_addr& addr, uint16_t port, uint32_t bucket) {
+  for (int32_t i = buckets_[bucket]; i >= 0; i = slots_[i].hash_next) {
+    Sender* s = &slots_[i];
+    if (s->port == port && !memcmp(&s->addr, &addr, sizeof addr)) {
+      if (lru_.tail != i) {
+        lru_.unlink(slots_, i);
+        lru_.append(slots_, i);
+      }
+      return s;
+    }
   }
-  if (n == 0 || rate_ < kMinRate) return 0;
-  long pause = long(kGather * 1000000000 / rate_);
-  return pause < max_pause_ ? pause : max_pause_;
+  return nullptr;
+}
+
+// The slot keeps its partial-line buffer; everything else is the caller's
+// to reset.
+Sender* SenderTable::add(const in6_addr& addr, uint16_t port) {
+  Sender* s;
+  if (used_ < capacity_) {
+    s = &slots_[used_++];
+  } else {
+    s = idle_longest();
+    unhash(s);
+    lru_.unlink(slots_, index(s));
+  }
+  // The one place a sender is born.  Its partial-line buffer was given
+  // back when its last partial line was written (slots start zeroed).
+  s->addr = addr;
+  s->port = port;
+  s->name_len = uint8_t(format_sender(addr, port, s->name));
+  s->partial_len = 0;
+  s->dict_written = 0;
+  uint32_t b = bucket(addr, port);
+  s->hash_next = buckets_[b];
+  buckets_[b] = index(s);
+  lru_.append(slots_, index(s));
+  return s;
 }
 
 // ============================================================== netconsole
@@ -1990,6 +1777,297 @@ void RecordWriter::gap(size_t missing) {
   put(mark, size_t(n));
 }
 
+// ------------------------------------------------------------- LineWriter
+
+void LineWriter::init(const Options& opts, Output* out, Stats* stats) {
+  out_ = out;
+  stats_ = stats;
+  escape_ = opts.escape;
+  style_ = opts.stamp;
+}
+
+// The stamp is formatted once a second; ISO stamps get their microseconds
+// per line.
+const char* LineWriter::stamp(const timespec& when) {
+  if (when.tv_sec != stamp_sec_) {
+    stamp_len_ = format_stamp(style_, when, stamp_);
+    stamp_sec_ = when.tv_sec;
+  } else if (style_ == StampStyle::iso) {
+    put_micros(stamp_ + kIsoMicros, when.tv_nsec);
+  }
+  return stamp_;
+}
+
+// Claims a new line's prefix ("STAMP NAME ") and `extra` bytes after it
+// in one piece of the arena; returns where the extra bytes go.
+char* LineWriter::prefix(const Origin& o, const timespec& when, size_t extra) {
+  stamp(when);
+  out_->to(o.host);
+  out_->begin_line();
+  size_t head = stamp_len_ + o.name_len + 1;
+  char* d = out_->claim(head + extra);
+  memcpy(d, stamp_, stamp_len_);
+  memcpy(d + stamp_len_, o.name, o.name_len);
+  d[head - 1] = ' ';
+  return d + head;
+}
+
+void LineWriter::begin(const Origin& o, const timespec& when) { prefix(o, when, 0); }
+
+void LineWriter::text(const char* p, size_t len) {
+  if (len == 0) return;  // most lines: no partial line before them
+  if (escape_ == Escape::hex) out_->copy_escaped(p, len);
+  else out_->copy(p, len);
+}
+
+// A short clean line whose newline follows it, the most common one:
+// prefix and text claimed at once.
+void LineWriter::short_line(const Origin& o, const timespec& when, const char* p, size_t len) {
+  memcpy(prefix(o, when, len + 1), p, len + 1);
+  stats_->lines++;
+}
+
+void LineWriter::end_with(const char* p, size_t len, bool newline_follows, bool clean) {
+  if (escape_ == Escape::hex && !clean && any_escape(p, len)) {
+    out_->copy_escaped(p, len);
+    out_->copy("\n", 1);
+  } else if (newline_follows && len < kCopyMax) {
+    out_->copy(p, len + 1);
+  } else if (newline_follows) {
+    out_->ref(p, len + 1);
+  } else {
+    out_->ref(p, len);
+    out_->copy("\n", 1);
+  }
+  stats_->lines++;
+}
+
+void LineWriter::end() {
+  out_->copy("\n", 1);
+  stats_->lines++;
+}
+
+// Notices are always escaped and are not counted as lines received.
+void LineWriter::notice(const in6_addr* host, const char* name, size_t name_len,
+                        const timespec& when, const char* fmt, ...) {
+  char text[512];
+  int n = name ? snprintf(text, sizeof text, "%.*s: ", int(name_len), name) : 0;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(text + n, sizeof text - size_t(n), fmt, ap);
+  va_end(ap);
+  char line[sizeof text * 4 + kStampMax + 16];
+  size_t len = format_notice(when, text, line, sizeof line);
+  out_->to(host);
+  out_->begin_line();
+  out_->copy(line, len);
+}
+
+// The notice a sink owes its file, from its report.
+size_t LineWriter::sink_notice(const WriteReport& r, char* out, size_t len) const {
+  char since[kStampMax + 1], text[512];
+  format_stamp(StampStyle::classic, r.since, since);
+  since[19] = '\0';
+  switch (r.owed) {
+    case WriteReport::Owed::cut_found:
+      snprintf(text, sizeof text, "the line before this notice was cut: the file did not end "
+               "in a newline (udplogger or the system stopped while writing it)");
+      break;
+    case WriteReport::Owed::write_failed:
+      snprintf(text, sizeof text, "%llu lines (%llu bytes) could not be written since %s: %s%s",
+               (unsigned long long)r.lines, (unsigned long long)r.bytes, since,
+               strerror(r.err), r.cut ? "; the line before this notice was cut" : "");
+      break;
+    case WriteReport::Owed::directory_back:
+      snprintf(text, sizeof text, "log directory %.200s could not be used since %s (%s): %zu "
+               "bytes of lines kept in memory follow; %llu lines (%llu bytes) beyond them were "
+               "lost", r.dir, since, r.why, r.kept, (unsigned long long)r.lines,
+               (unsigned long long)r.bytes);
+      break;
+  }
+  return format_notice(r.now, text, out, len);
+}
+
+// Its own stamp, not the cached one: a sink may ask for a notice while a
+// line is being begun.
+size_t LineWriter::format_notice(const timespec& when, const char* text, char* out,
+                                 size_t len) const {
+  char st[kStampMax + 1];
+  size_t stlen = format_stamp(style_, when, st);
+  size_t textlen = strlen(text);
+  if (len < stlen + 12 + 4 * textlen + 1) textlen = (len - stlen - 13) / 4;
+  static const char kName[11] = {'u', 'd', 'p', 'l', 'o', 'g', 'g', 'e', 'r', ':', ' '};
+  memcpy(out, st, stlen);
+  memcpy(out + stlen, kName, sizeof kName);
+  size_t n = stlen + 11 + escape_text(text, textlen, out + stlen + 11);
+  out[n++] = '\n';
+  return n;
+}
+
+// ================================================================== output
+
+bool Output::init(size_t arena_bytes, Sink* sink, const LineWriter* notices, bool by_host) {
+  arena_ = static_cast<char*>(malloc(arena_bytes));
+  arena_cap_ = arena_bytes;
+  sink_ = sink;
+  notices_ = notices;
+  by_host_ = by_host;
+  return arena_ != nullptr;
+}
+
+Output::~Output() { free(arena_); }
+
+// Hands a batch to the sink and counts what it lost.  A sink that owes a
+// notice first writes nothing and says which; it gets it as a preface.
+void Output::deliver(const in6_addr* host, const iovec* iov, int iovcnt) {
+  char preface[2048];
+  size_t preface_len = 0;
+  WriteReport r = sink_->write(host, iov, iovcnt, nullptr, 0);
+  for (int tries = 0; r.kind == WriteReport::Kind::owes_notice && tries < 3; tries++) {
+    preface_len = notices_->sink_notice(r, preface, sizeof preface);
+    r = sink_->write(host, iov, iovcnt, preface, preface_len);
+  }
+  if (r.kind == WriteReport::Kind::lost) {
+    add_saturating(&losses_.lines[r.cause], r.lines);
+    add_saturating(&losses_.bytes[r.cause], r.bytes);
+  }
+}
+
+void Output::flush() {
+  if (iovcnt_ > 0) deliver(has_host_ ? &host_ : nullptr, iov_, iovcnt_);
+  iovcnt_ = 0;
+  arena_used_ = 0;
+  line_start_ = 0;
+  line_iov_ = 0;
+}
+
+void Output::begin_line() {
+  line_start_ = arena_used_;
+  line_iov_ = iovcnt_;
+}
+
+// When the arena or the iovec list is full in the middle of a line, the
+// lines before it are written and the line moves to the front: a line is
+// never cut between two writes (processes sharing one file with
+// reuseport=1 append whole lines) unless it leaves no `need` bytes free in
+// the arena (or no iovec) on its own.
+void Output::make_room(size_t need) {
+  bool nothing_yet = line_iov_ == iovcnt_ && line_start_ == arena_used_;
+  if (line_iov_ == 0 || nothing_yet) return flush();  // no whole line before, or none of this one
+  char* start = arena_ + line_start_;
+  int k = line_iov_;  // the line's first iovec
+  iovec& last = iov_[k - 1];
+  char* merged = static_cast<char*>(last.iov_base);
+  size_t rest = 0;  // the line's bytes appended to the iovec before it
+  if (merged >= arena_ && merged < start && merged + last.iov_len > start)
+    rest = size_t(merged + last.iov_len - start);
+  last.iov_len -= rest;
+  deliver(has_host_ ? &host_ : nullptr, iov_, k);
+  if (rest) {
+    k--;
+    last = iovec{start, rest};
+  }
+  char* end = arena_ + arena_used_;
+  for (int i = k; i < iovcnt_; i++) {
+    char* p = static_cast<char*>(iov_[i].iov_base);
+    if (p >= start && p < end) iov_[i].iov_base = p - line_start_;
+  }
+  memmove(arena_, start, size_t(end - start));
+  memmove(iov_, iov_ + k, size_t(iovcnt_ - k) * sizeof(iovec));
+  iovcnt_ -= k;
+  arena_used_ -= line_start_;
+  line_start_ = 0;
+  line_iov_ = 0;
+  if (iovcnt_ >= kMaxIov || arena_cap_ - arena_used_ < need) flush();  // cut after all
+}
+
+// Lines about another host go out in a batch of their own.
+void Output::switch_host(const in6_addr* host) {
+  bool same = host ? has_host_ && !memcmp(&host_, host, sizeof host_) : !has_host_;
+  if (same) return;
+  flush();
+  has_host_ = host != nullptr;
+  if (host) host_ = *host;
+}
+
+// Returns arena space for up to `want` bytes (at least 4), making room
+// first when the arena or the iovec list is full.
+char* Output::reserve(size_t want, size_t* got) {
+  if (iovcnt_ >= kMaxIov || arena_cap_ - arena_used_ < 4) make_room(4);
+  size_t room = arena_cap_ - arena_used_;
+  *got = want < room ? want : room;
+  return arena_ + arena_used_;
+}
+
+// Appends p to the iovec list, growing the last entry when p continues it.
+void Output::push(const char* p, size_t len) {
+  if (iovcnt_ > 0) {
+    iovec& last = iov_[iovcnt_ - 1];
+    if (static_cast<char*>(last.iov_base) + last.iov_len == p) {
+      last.iov_len += len;
+      return;
+    }
+  }
+  iov_[iovcnt_].iov_base = const_cast<char*>(p);
+  iov_[iovcnt_].iov_len = len;
+  iovcnt_++;
+}
+
+void Output::ref(const char* p, size_t len) {
+  if (len == 0) return;
+  if (iovcnt_ >= kMaxIov) make_room(0);
+  push(p, len);
+}
+
+void Output::copy(const char* p, size_t len) {
+  while (len > 0) {
+    size_t n;
+    char* d = reserve(len, &n);
+    memcpy(d, p, n);
+    arena_used_ += n;
+    push(d, n);
+    p += n;
+    len -= n;
+  }
+}
+
+char* Output::claim(size_t len) {
+  if (iovcnt_ >= kMaxIov || arena_cap_ - arena_used_ < len) make_room(len);
+  char* d = arena_ + arena_used_;
+  arena_used_ += len;
+  push(d, len);
+  return d;
+}
+
+// Clean runs are copied whole; only the bytes that need it are escaped.
+void Output::copy_escaped(const char* p, size_t len) {
+  const char* end = p + len;
+  while (p < end) {
+    const char* c = find_control(p, end);
+    copy(p, size_t(c - p));
+    if (c == end) break;
+    char esc[4];
+    escape_text(c, 1, esc);
+    copy(esc, 4);
+    p = c + 1;
+  }
+}
+
+// ================================================================== pacing
+
+long Pacer::woke(uint64_t n, int64_t now_ns) {
+  count_ += n;
+  int64_t span = now_ns - since_;
+  if (span >= kWindowNs) {
+    rate_ = uint64_t(double(count_) * 1e9 / double(span));
+    count_ = 0;
+    since_ = now_ns;
+  }
+  if (n == 0 || rate_ < kMinRate) return 0;
+  long pause = long(kGather * 1000000000 / rate_);
+  return pause < max_pause_ ? pause : max_pause_;
+}
+
 }  // namespace ul
 
 // =================================================================== shell
@@ -2011,6 +2089,259 @@ void warn(const char* fmt, ...) {
 }
 
 }  // namespace
+}  // namespace ul
+
+// The daemon itself (the tests run it as a process): sockets and receiving.
+#ifndef UDPLOGGER_NO_MAIN
+namespace ul {
+namespace {
+
+
+constexpr int kBatch = 64;             // datagrams per recvmmsg
+constexpr size_t kSlotBytes = 65536;   // room for the largest UDP datagram
+constexpr int kBatchesPerWake = 64;    // then look at timers and signals
+constexpr uint64_t kQueued = 16;       // datagrams found at once that make a queue
+constexpr int kStopDrainSeconds = 3;      // at stop, the queue is read for at most this
+// SO_MEMINFO's array (linux/sock_diag.h, a stable ABI; not in musl's headers).
+constexpr int kMeminfoDrops = 8, kMeminfoVars = 9;
+#ifndef SO_MEMINFO
+#define SO_MEMINFO 55
+#endif
+
+[[noreturn]] void die(const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vwarn(fmt, ap);
+  va_end(ap);
+  exit(1);
+}
+
+timespec wall_clock() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return ts;
+}
+
+// ---------------------------------------------------------------- listener
+
+constexpr int kMaxListeners = 16;
+
+// No initializers: the listeners live in static storage, zeroed, and the
+// first nlisteners are filled in by create_listener or inherit_listeners.
+struct Listener {
+  int fd;
+  char where[INET6_ADDRSTRLEN + 16];  // "[::]:6666" for messages
+  bool dual_stack;
+  bool inherited;                     // handed in by systemd or a parent
+  int rbuf_granted;
+  uint32_t drops_seen;                // the socket's drop counter when last reported
+};
+
+// A socket address as the core sees senders: IPv6, IPv4 as v4-mapped.
+void address_of(const sockaddr_in6& sa, in6_addr* addr, uint16_t* port) {
+  if (sa.sin6_family == AF_INET) {
+    const auto& sin = reinterpret_cast<const sockaddr_in&>(sa);
+    memset(addr, 0, sizeof *addr);
+    addr->s6_addr[10] = addr->s6_addr[11] = 0xff;
+    memcpy(&addr->s6_addr[12], &sin.sin_addr, 4);
+    *port = ntohs(sin.sin_port);
+  } else {
+    *addr = sa.sin6_addr;
+    *port = ntohs(sa.sin6_port);
+  }
+}
+
+// Creates and binds the UDP socket for ip= and port=; every failure is
+// fatal and names the address.
+void create_listener(const Options& o, Listener* l) {
+  sockaddr_storage ss = {};
+  auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
+  const char* ip = o.ip ? o.ip : "::";
+  int family = inet_pton(AF_INET, ip, &sin->sin_addr) == 1 ? AF_INET : AF_INET6;
+  if (family == AF_INET6) inet_pton(AF_INET6, ip, &sin6->sin6_addr);
+  l->fd = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (l->fd < 0 && family == AF_INET6 && !o.ip && errno == EAFNOSUPPORT) {
+    family = AF_INET;  // IPv6 disabled on this host: IPv4 only
+    ip = "0.0.0.0";
+    sin->sin_addr.s_addr = htonl(INADDR_ANY);
+    l->fd = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  }
+  snprintf(l->where, sizeof l->where, family == AF_INET6 ? "[%s]:%u" : "%s:%u", ip, o.port);
+  if (l->fd < 0) die("cannot create UDP socket for %s: %s", l->where, strerror(errno));
+  socklen_t sslen = sizeof *sin;
+  if (family == AF_INET6) {
+    sin6->sin6_family = AF_INET6;
+    sin6->sin6_port = htons(uint16_t(o.port));
+    sslen = sizeof *sin6;
+    int v6only = IN6_IS_ADDR_UNSPECIFIED(&sin6->sin6_addr) ? 0 : 1;
+    if (setsockopt(l->fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only) < 0)
+      die("cannot set IPV6_V6ONLY on %s: %s", l->where, strerror(errno));
+  } else {
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(uint16_t(o.port));
+  }
+  int on = 1;  // reuseport=1: processes of one user share the port, the kernel keeps each sender on one
+  if (o.reuseport && setsockopt(l->fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) < 0)
+    die("cannot set SO_REUSEPORT on %s: %s", l->where, strerror(errno));
+  if (bind(l->fd, reinterpret_cast<sockaddr*>(&ss), sslen) < 0)
+    die("cannot bind UDP %s: %s", l->where, strerror(errno));
+}
+
+// Socket activation: systemd (or any parent holding the sockets across
+// restarts) passes them as fds 3.. with LISTEN_FDS and LISTEN_PID.  Each
+// must be a UDP socket; returns how many were taken, 0 when none passed.
+int inherit_listeners(Listener* ls) {
+  const char* pid = getenv("LISTEN_PID");
+  const char* fds = getenv("LISTEN_FDS");
+  if (!pid || !fds || strtol(pid, nullptr, 10) != long(getpid())) return 0;
+  long n = strtol(fds, nullptr, 10);
+  if (n < 1 || n > kMaxListeners)
+    die("socket activation: LISTEN_FDS=%s: expected 1..%d UDP sockets", fds, kMaxListeners);
+  for (int i = 0; i < int(n); i++) {
+    int fd = 3 + i, type = 0, domain = 0;
+    socklen_t len = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+      die("socket activation: fd %d: not a socket: %s", fd, strerror(errno));
+    len = sizeof domain;
+    getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len);
+    if (type != SOCK_DGRAM || (domain != AF_INET && domain != AF_INET6))
+      die("socket activation: fd %d is not a UDP socket (ListenDatagram= in the .socket unit)",
+          fd);
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    ls[i].fd = fd;
+    ls[i].inherited = true;
+  }
+  unsetenv("LISTEN_PID");  // not for any child
+  unsetenv("LISTEN_FDS");
+  unsetenv("LISTEN_FDNAMES");
+  return int(n);
+}
+
+// Sets what the loop relies on: the receive buffer, kernel arrival times
+// and the drop counter.  Works on any UDP socket, made here or handed in;
+// a buffer the socket unit already made larger is kept.
+void tune_listener(const Options& o, Listener* l) {
+  int rbuf = int(o.rbuf);
+  socklen_t len = sizeof l->rbuf_granted;
+  getsockopt(l->fd, SOL_SOCKET, SO_RCVBUF, &l->rbuf_granted, &len);
+  if (!l->inherited || l->rbuf_granted / 2 < rbuf) {  // the kernel reports twice the size set
+    if (setsockopt(l->fd, SOL_SOCKET, SO_RCVBUFFORCE, &rbuf, sizeof rbuf) < 0 &&
+        setsockopt(l->fd, SOL_SOCKET, SO_RCVBUF, &rbuf, sizeof rbuf) < 0)
+      die("cannot set receive buffer of %s to %d: %s", l->where, rbuf, strerror(errno));
+    len = sizeof l->rbuf_granted;
+    getsockopt(l->fd, SOL_SOCKET, SO_RCVBUF, &l->rbuf_granted, &len);
+  }
+  int on = 1;
+  if (setsockopt(l->fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on) < 0 &&
+      setsockopt(l->fd, SOL_SOCKET, SO_TIMESTAMP, &on, sizeof on) < 0)
+    die("cannot ask for receive timestamps on %s: %s", l->where, strerror(errno));
+}
+
+// Names the address the socket serves, as the kernel sees it, and whether
+// it takes IPv4 too.
+void describe_listener(Listener* l) {
+  sockaddr_in6 ss = {};
+  socklen_t len = sizeof ss;
+  if (getsockname(l->fd, reinterpret_cast<sockaddr*>(&ss), &len) < 0) return;
+  in6_addr addr;
+  uint16_t port;
+  address_of(ss, &addr, &port);
+  format_sender(addr, port, l->where);
+  int v6only = 1;
+  len = sizeof v6only;
+  l->dual_stack = ss.sin6_family == AF_INET6 &&
+                  getsockopt(l->fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &len) == 0 && !v6only;
+}
+
+// ---------------------------------------------------------------- receive
+
+// Preallocated recvmmsg state.  Each slot has room for the largest
+// datagram, but the ring is anonymous memory: only the pages a datagram
+// actually fills become resident, so small datagrams cost one page a slot.
+struct Ring {
+  mmsghdr msgs[kBatch];
+  iovec iov[kBatch];
+  sockaddr_in6 names[kBatch];
+  alignas(cmsghdr) char ctrl[kBatch][64];
+  Datagram datagrams[kBatch];
+  int filled = kBatch;  // messages the last recvmmsg wrote to
+  char* data = nullptr;
+  bool large = false;  // a datagram larger than a page made more of it resident
+};
+
+void ring_init(Ring* r) {
+  void* p = mmap(nullptr, kBatch * kSlotBytes, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) die("cannot map %zu bytes of receive ring: %s",
+                           kBatch * kSlotBytes, strerror(errno));
+  r->data = static_cast<char*>(p);
+  for (int i = 0; i < kBatch; i++) {
+    r->iov[i].iov_base = r->data + size_t(i) * kSlotBytes;
+    r->iov[i].iov_len = kSlotBytes;
+    msghdr& h = r->msgs[i].msg_hdr;
+    h.msg_iov = &r->iov[i];
+    h.msg_iovlen = 1;
+    h.msg_name = &r->names[i];
+    h.msg_control = r->ctrl[i];
+  }
+}
+
+// Message i of the ring as the core sees it: sender (IPv4 as v4-mapped),
+// arrival time (else `fallback`), bytes.
+Datagram datagram_of(const Ring& r, int i, const timespec& fallback) {
+  Datagram d;
+  address_of(r.names[i], &d.addr, &d.port);
+  const msghdr& h = r.msgs[i].msg_hdr;
+  d.when = fallback;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&h); c; c = CMSG_NXTHDR(const_cast<msghdr*>(&h), c)) {
+    if (c->cmsg_level != SOL_SOCKET) continue;
+    if (c->cmsg_type == SCM_TIMESTAMPNS) {
+      memcpy(&d.when, CMSG_DATA(c), sizeof d.when);
+      break;  // the only message asked for
+    } else if (c->cmsg_type == SCM_TIMESTAMP) {
+      timeval tv;
+      memcpy(&tv, CMSG_DATA(c), sizeof tv);
+      d.when = timespec{tv.tv_sec, tv.tv_usec * 1000};
+      break;
+    }
+  }
+  d.data = static_cast<const char*>(r.iov[i].iov_base);
+  d.len = r.msgs[i].msg_len;
+  d.truncated = h.msg_flags & MSG_TRUNC;
+  return d;
+}
+
+// Receives one batch into the ring and feeds it to the core; returns
+// the number of datagrams, 0 when the socket is empty.
+int receive_batch(Listener* l, Ring* r, Core* core, Clock clock) {
+  for (int i = 0; i < r->filled; i++) {
+    msghdr& h = r->msgs[i].msg_hdr;  // the lengths the kernel changed last time
+    h.msg_namelen = sizeof r->names[i];
+    h.msg_controllen = sizeof r->ctrl[i];
+    h.msg_flags = 0;
+  }
+  int n = recvmmsg(l->fd, r->msgs, kBatch, MSG_DONTWAIT, nullptr);
+  r->filled = n > 0 ? n : 0;
+  if (n <= 0) {
+    if (n < 0 && errno != EAGAIN && errno != EINTR) warn("recvmmsg: %s", strerror(errno));
+    return 0;
+  }
+  timespec now = clock();
+  for (int i = 0; i < n; i++) {
+    r->large |= r->msgs[i].msg_len > 4096;
+    r->datagrams[i] = datagram_of(*r, i, now);
+  }
+  core->datagrams(r->datagrams, size_t(n));
+  return n;
+}
+
+}  // namespace
+}  // namespace ul
+#endif  // UDPLOGGER_NO_MAIN
+
+namespace ul {
 
 // ------------------------------------------------------------------- sinks
 
@@ -2473,169 +2804,11 @@ WriteReport StdoutSink::write(const in6_addr*, const iovec* iov, int iovcnt, con
 
 }  // namespace ul
 
-// The rest of the shell is the daemon itself; the tests run it as a process.
+
+// The daemon itself: readiness, privileges, the loop and main.
 #ifndef UDPLOGGER_NO_MAIN
 namespace ul {
 namespace {
-
-constexpr int kBatch = 64;             // datagrams per recvmmsg
-constexpr size_t kSlotBytes = 65536;   // room for the largest UDP datagram
-constexpr int kBatchesPerWake = 64;    // then look at timers and signals
-constexpr uint64_t kQueued = 16;       // datagrams found at once that make a queue
-constexpr size_t kArenaBytes = size_t(256) * 1024;
-constexpr int kStopDrainSeconds = 3;      // at stop, the queue is read for at most this
-// SO_MEMINFO's array (linux/sock_diag.h, a stable ABI; not in musl's headers).
-constexpr int kMeminfoDrops = 8, kMeminfoVars = 9;
-#ifndef SO_MEMINFO
-#define SO_MEMINFO 55
-#endif
-
-[[noreturn]] void die(const char* fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vwarn(fmt, ap);
-  va_end(ap);
-  exit(1);
-}
-
-timespec wall_clock() {
-  timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return ts;
-}
-
-// ---------------------------------------------------------------- listener
-
-constexpr int kMaxListeners = 16;
-
-// No initializers: the listeners live in static storage, zeroed, and the
-// first nlisteners are filled in by create_listener or inherit_listeners.
-struct Listener {
-  int fd;
-  char where[INET6_ADDRSTRLEN + 16];  // "[::]:6666" for messages
-  bool dual_stack;
-  bool inherited;                     // handed in by systemd or a parent
-  int rbuf_granted;
-  uint32_t drops_seen;                // the socket's drop counter when last reported
-};
-
-// A socket address as the core sees senders: IPv6, IPv4 as v4-mapped.
-void address_of(const sockaddr_in6& sa, in6_addr* addr, uint16_t* port) {
-  if (sa.sin6_family == AF_INET) {
-    const auto& sin = reinterpret_cast<const sockaddr_in&>(sa);
-    memset(addr, 0, sizeof *addr);
-    addr->s6_addr[10] = addr->s6_addr[11] = 0xff;
-    memcpy(&addr->s6_addr[12], &sin.sin_addr, 4);
-    *port = ntohs(sin.sin_port);
-  } else {
-    *addr = sa.sin6_addr;
-    *port = ntohs(sa.sin6_port);
-  }
-}
-
-// Creates and binds the UDP socket for ip= and port=; every failure is
-// fatal and names the address.
-void create_listener(const Options& o, Listener* l) {
-  sockaddr_storage ss = {};
-  auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
-  auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
-  const char* ip = o.ip ? o.ip : "::";
-  int family = inet_pton(AF_INET, ip, &sin->sin_addr) == 1 ? AF_INET : AF_INET6;
-  if (family == AF_INET6) inet_pton(AF_INET6, ip, &sin6->sin6_addr);
-  l->fd = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (l->fd < 0 && family == AF_INET6 && !o.ip && errno == EAFNOSUPPORT) {
-    family = AF_INET;  // IPv6 disabled on this host: IPv4 only
-    ip = "0.0.0.0";
-    sin->sin_addr.s_addr = htonl(INADDR_ANY);
-    l->fd = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  }
-  snprintf(l->where, sizeof l->where, family == AF_INET6 ? "[%s]:%u" : "%s:%u", ip, o.port);
-  if (l->fd < 0) die("cannot create UDP socket for %s: %s", l->where, strerror(errno));
-  socklen_t sslen = sizeof *sin;
-  if (family == AF_INET6) {
-    sin6->sin6_family = AF_INET6;
-    sin6->sin6_port = htons(uint16_t(o.port));
-    sslen = sizeof *sin6;
-    int v6only = IN6_IS_ADDR_UNSPECIFIED(&sin6->sin6_addr) ? 0 : 1;
-    if (setsockopt(l->fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only) < 0)
-      die("cannot set IPV6_V6ONLY on %s: %s", l->where, strerror(errno));
-  } else {
-    sin->sin_family = AF_INET;
-    sin->sin_port = htons(uint16_t(o.port));
-  }
-  int on = 1;  // reuseport=1: processes of one user share the port, the kernel keeps each sender on one
-  if (o.reuseport && setsockopt(l->fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) < 0)
-    die("cannot set SO_REUSEPORT on %s: %s", l->where, strerror(errno));
-  if (bind(l->fd, reinterpret_cast<sockaddr*>(&ss), sslen) < 0)
-    die("cannot bind UDP %s: %s", l->where, strerror(errno));
-}
-
-// Socket activation: systemd (or any parent holding the sockets across
-// restarts) passes them as fds 3.. with LISTEN_FDS and LISTEN_PID.  Each
-// must be a UDP socket; returns how many were taken, 0 when none passed.
-int inherit_listeners(Listener* ls) {
-  const char* pid = getenv("LISTEN_PID");
-  const char* fds = getenv("LISTEN_FDS");
-  if (!pid || !fds || strtol(pid, nullptr, 10) != long(getpid())) return 0;
-  long n = strtol(fds, nullptr, 10);
-  if (n < 1 || n > kMaxListeners)
-    die("socket activation: LISTEN_FDS=%s: expected 1..%d UDP sockets", fds, kMaxListeners);
-  for (int i = 0; i < int(n); i++) {
-    int fd = 3 + i, type = 0, domain = 0;
-    socklen_t len = sizeof type;
-    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
-      die("socket activation: fd %d: not a socket: %s", fd, strerror(errno));
-    len = sizeof domain;
-    getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len);
-    if (type != SOCK_DGRAM || (domain != AF_INET && domain != AF_INET6))
-      die("socket activation: fd %d is not a UDP socket (ListenDatagram= in the .socket unit)",
-          fd);
-    fcntl(fd, F_SETFD, FD_CLOEXEC);
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-    ls[i].fd = fd;
-    ls[i].inherited = true;
-  }
-  unsetenv("LISTEN_PID");  // not for any child
-  unsetenv("LISTEN_FDS");
-  unsetenv("LISTEN_FDNAMES");
-  return int(n);
-}
-
-// Sets what the loop relies on: the receive buffer, kernel arrival times
-// and the drop counter.  Works on any UDP socket, made here or handed in;
-// a buffer the socket unit already made larger is kept.
-void tune_listener(const Options& o, Listener* l) {
-  int rbuf = int(o.rbuf);
-  socklen_t len = sizeof l->rbuf_granted;
-  getsockopt(l->fd, SOL_SOCKET, SO_RCVBUF, &l->rbuf_granted, &len);
-  if (!l->inherited || l->rbuf_granted / 2 < rbuf) {  // the kernel reports twice the size set
-    if (setsockopt(l->fd, SOL_SOCKET, SO_RCVBUFFORCE, &rbuf, sizeof rbuf) < 0 &&
-        setsockopt(l->fd, SOL_SOCKET, SO_RCVBUF, &rbuf, sizeof rbuf) < 0)
-      die("cannot set receive buffer of %s to %d: %s", l->where, rbuf, strerror(errno));
-    len = sizeof l->rbuf_granted;
-    getsockopt(l->fd, SOL_SOCKET, SO_RCVBUF, &l->rbuf_granted, &len);
-  }
-  int on = 1;
-  if (setsockopt(l->fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on) < 0 &&
-      setsockopt(l->fd, SOL_SOCKET, SO_TIMESTAMP, &on, sizeof on) < 0)
-    die("cannot ask for receive timestamps on %s: %s", l->where, strerror(errno));
-}
-
-// Names the address the socket serves, as the kernel sees it, and whether
-// it takes IPv4 too.
-void describe_listener(Listener* l) {
-  sockaddr_in6 ss = {};
-  socklen_t len = sizeof ss;
-  if (getsockname(l->fd, reinterpret_cast<sockaddr*>(&ss), &len) < 0) return;
-  in6_addr addr;
-  uint16_t port;
-  address_of(ss, &addr, &port);
-  format_sender(addr, port, l->where);
-  int v6only = 1;
-  len = sizeof v6only;
-  l->dual_stack = ss.sin6_family == AF_INET6 &&
-                  getsockopt(l->fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &len) == 0 && !v6only;
-}
 
 // ------------------------------------------------------------------ notify
 
@@ -2714,88 +2887,6 @@ void ensure_file_limit(const Options& o) {
         (unsigned long long)rl.rlim_cur);
 }
 
-// ---------------------------------------------------------------- receive
-
-// Preallocated recvmmsg state.  Each slot has room for the largest
-// datagram, but the ring is anonymous memory: only the pages a datagram
-// actually fills become resident, so small datagrams cost one page a slot.
-struct Ring {
-  mmsghdr msgs[kBatch];
-  iovec iov[kBatch];
-  sockaddr_in6 names[kBatch];
-  alignas(cmsghdr) char ctrl[kBatch][64];
-  Datagram datagrams[kBatch];
-  int filled = kBatch;  // messages the last recvmmsg wrote to
-  char* data = nullptr;
-  bool large = false;  // a datagram larger than a page made more of it resident
-};
-
-void ring_init(Ring* r) {
-  void* p = mmap(nullptr, kBatch * kSlotBytes, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (p == MAP_FAILED) die("cannot map %zu bytes of receive ring: %s",
-                           kBatch * kSlotBytes, strerror(errno));
-  r->data = static_cast<char*>(p);
-  for (int i = 0; i < kBatch; i++) {
-    r->iov[i].iov_base = r->data + size_t(i) * kSlotBytes;
-    r->iov[i].iov_len = kSlotBytes;
-    msghdr& h = r->msgs[i].msg_hdr;
-    h.msg_iov = &r->iov[i];
-    h.msg_iovlen = 1;
-    h.msg_name = &r->names[i];
-    h.msg_control = r->ctrl[i];
-  }
-}
-
-// Message i of the ring as the core sees it: sender (IPv4 as v4-mapped),
-// arrival time (else `fallback`), bytes.
-Datagram datagram_of(const Ring& r, int i, const timespec& fallback) {
-  Datagram d;
-  address_of(r.names[i], &d.addr, &d.port);
-  const msghdr& h = r.msgs[i].msg_hdr;
-  d.when = fallback;
-  for (cmsghdr* c = CMSG_FIRSTHDR(&h); c; c = CMSG_NXTHDR(const_cast<msghdr*>(&h), c)) {
-    if (c->cmsg_level != SOL_SOCKET) continue;
-    if (c->cmsg_type == SCM_TIMESTAMPNS) {
-      memcpy(&d.when, CMSG_DATA(c), sizeof d.when);
-      break;  // the only message asked for
-    } else if (c->cmsg_type == SCM_TIMESTAMP) {
-      timeval tv;
-      memcpy(&tv, CMSG_DATA(c), sizeof tv);
-      d.when = timespec{tv.tv_sec, tv.tv_usec * 1000};
-      break;
-    }
-  }
-  d.data = static_cast<const char*>(r.iov[i].iov_base);
-  d.len = r.msgs[i].msg_len;
-  d.truncated = h.msg_flags & MSG_TRUNC;
-  return d;
-}
-
-// Receives one batch into the ring and feeds it to the assembler; returns
-// the number of datagrams, 0 when the socket is empty.
-int receive_batch(Listener* l, Ring* r, Assembler* a, Clock clock) {
-  for (int i = 0; i < r->filled; i++) {
-    msghdr& h = r->msgs[i].msg_hdr;  // the lengths the kernel changed last time
-    h.msg_namelen = sizeof r->names[i];
-    h.msg_controllen = sizeof r->ctrl[i];
-    h.msg_flags = 0;
-  }
-  int n = recvmmsg(l->fd, r->msgs, kBatch, MSG_DONTWAIT, nullptr);
-  r->filled = n > 0 ? n : 0;
-  if (n <= 0) {
-    if (n < 0 && errno != EAGAIN && errno != EINTR) warn("recvmmsg: %s", strerror(errno));
-    return 0;
-  }
-  timespec now = clock();
-  for (int i = 0; i < n; i++) {
-    r->large |= r->msgs[i].msg_len > 4096;
-    r->datagrams[i] = datagram_of(*r, i, now);
-  }
-  a->datagrams(r->datagrams, size_t(n));
-  return n;
-}
-
 // -------------------------------------------------------------------- loop
 
 // Everything the loop works with; static storage, set up once.
@@ -2808,8 +2899,7 @@ struct Server {
   HostFiles hosts;
   StdoutSink stdout_sink;
   Sink* sink = nullptr;
-  Output out;
-  Assembler assembler;
+  Core core;
   Ring ring;
   Notifier notifier;
   int sigfd = -1, ep = -1;
@@ -2924,10 +3014,8 @@ void setup(Server* s, const Options& o, Clock clock) {
   uint64_t seed = 0;
   if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) != ssize_t(sizeof seed))
     seed = uint64_t(clock().tv_nsec) * 0x9e3779b97f4a7c15ULL ^ uint64_t(getpid());
-  if (!s->out.init(kArenaBytes, s->sink, s->assembler.lines(), o.split == Split::host) ||
-      !s->assembler.init(o, &s->out, seed))
-    die("out of memory for clients=%u", o.clients);
-  if (o.debug) s->assembler.set_trace(trace_to_stderr);
+  if (!s->core.init(o, s->sink, seed)) die("out of memory for clients=%u", o.clients);
+  if (o.debug) s->core.set_trace(trace_to_stderr);
   ring_init(&s->ring);
 
   s->sigfd = open_signals();
@@ -2947,8 +3035,7 @@ void setup(Server* s, const Options& o, Clock clock) {
   fflush(o.to_stdout() ? stderr : stdout);
   // The log itself says when the daemon began listening (and, at exit, when
   // it stopped), so a gap in the log is never a silent one.
-  s->assembler.notice(clock(), "started (version %s): %s", kVersion, start);
-  s->out.flush();
+  s->core.notice(clock(), "started (version %s): %s", kVersion, start);
   notify(s->notifier, "READY=1\nSTATUS=%s", start);
 }
 
@@ -2956,8 +3043,8 @@ void setup(Server* s, const Options& o, Clock clock) {
 // short status for systemd.
 void report_stats(Server* s, const char* why) {
   char line[768];
-  s->assembler.format_stats(line, sizeof line);
-  const WriteLoss& w = s->out.losses();
+  s->core.format_stats(line, sizeof line);
+  const WriteLoss& w = s->core.losses();
   uint64_t lines = 0, bytes = 0;
   for (int c = 0; c < WriteLoss::kCauses; c++) lines += w.lines[c], bytes += w.bytes[c];
   size_t n = strlen(line);
@@ -2967,12 +3054,11 @@ void report_stats(Server* s, const char* why) {
            (unsigned long long)w.lines[WriteLoss::quota], (unsigned long long)w.lines[WriteLoss::io],
            (unsigned long long)w.lines[WriteLoss::no_directory],
            (unsigned long long)w.lines[WriteLoss::other]);
-  s->assembler.notice(s->clock(), "%s%s", why, line);
-  s->out.flush();
+  s->core.notice(s->clock(), "%s%s", why, line);
   warn("%s%s", why, line);
-  const Stats& t = s->assembler.stats();
+  const Stats& t = s->core.stats();
   notify(s->notifier, "STATUS=%llu datagrams, %llu lines from %zu senders; %llu kernel drops",
-         (unsigned long long)t.datagrams, (unsigned long long)t.lines, s->assembler.senders(),
+         (unsigned long long)t.datagrams, (unsigned long long)t.lines, s->core.senders(),
          (unsigned long long)t.kernel_drops);
 }
 
@@ -2987,7 +3073,7 @@ int wait_for_events(Server* s, long pause_ns, bool busy, epoll_event* events) {
     timespec pause = {0, pause_ns};
     nanosleep(&pause, nullptr);
   } else if (!busy) {
-    timespec due = s->assembler.next_deadline();
+    timespec due = s->core.next_deadline();
     time_t midnight = s->sink->next_switch();
     if (midnight != 0 && (due.tv_sec == 0 || midnight < due.tv_sec)) due = timespec{midnight, 0};
     timeout = due.tv_sec == 0 ? 60000 : milliseconds_until(due, s->clock());
@@ -3002,8 +3088,7 @@ int wait_for_events(Server* s, long pause_ns, bool busy, epoll_event* events) {
 uint64_t drain_socket(Server* s, Listener* l, bool* drained) {
   uint64_t total = 0;
   for (int b = 0; b < kBatchesPerWake; b++) {
-    int got = receive_batch(l, &s->ring, &s->assembler, s->clock);
-    s->out.flush();  // the ring is reused by the next batch
+    int got = receive_batch(l, &s->ring, &s->core, s->clock);
     total += uint64_t(got);
     if (got < kBatch) return total;
   }
@@ -3020,8 +3105,7 @@ void check_drops(Server* s, Listener* l) {
     return;
   uint32_t n = info[kMeminfoDrops] - l->drops_seen;
   l->drops_seen = info[kMeminfoDrops];
-  s->assembler.kernel_dropped(n, s->clock());
-  s->out.flush();
+  s->core.kernel_dropped(n, s->clock());
 }
 
 void check_all_drops(Server* s) {
@@ -3042,8 +3126,7 @@ void drain_for_stop(Server* s) {
                   (now.tv_sec == deadline.tv_sec && now.tv_nsec >= deadline.tv_nsec);
       int got;
       if (!late) {
-        got = receive_batch(l, &s->ring, &s->assembler, s->clock);
-        s->out.flush();
+        got = receive_batch(l, &s->ring, &s->core, s->clock);
       } else {
         got = recvmmsg(l->fd, s->ring.msgs, kBatch, MSG_DONTWAIT, nullptr);
         s->ring.filled = kBatch;  // reset them all before the next receive_batch
@@ -3052,7 +3135,7 @@ void drain_for_stop(Server* s) {
       if (got < kBatch) break;
     }
     if (left > 0)
-      s->assembler.notice(s->clock(), "%llu datagrams still queued on %s after %d s of "
+      s->core.notice(s->clock(), "%llu datagrams still queued on %s after %d s of "
                           "reading at stop were not written", left, l->where, kStopDrainSeconds);
   }
   check_all_drops(s);
@@ -3063,11 +3146,9 @@ int handle_signals(Server* s) {
   int stop = 0;
   signalfd_siginfo si;
   while (read(s->sigfd, &si, sizeof si) == ssize_t(sizeof si)) {
-    if (si.ssi_signo == SIGHUP) {
-      s->out.flush();
+    if (si.ssi_signo == SIGHUP) {  // the core has written everything it had
       s->sink->reopen(s->clock().tv_sec);
-      s->out.settle();
-      s->assembler.files_changed();
+      s->core.files_changed();
     } else if (si.ssi_signo == SIGUSR1) {
       check_all_drops(s);
       report_stats(s, "");
@@ -3111,8 +3192,7 @@ int loop(Server* s) {
     time_t now = s->clock().tv_sec, due = s->sink->next_switch();
     if (due != 0 && now >= due) {  // midnight, or a retry for a vanished dir=
       s->sink->tick(now);
-      s->out.settle();
-      s->assembler.files_changed();
+      s->core.files_changed();
     }
     int stop = 0;
     uint64_t got = 0;
@@ -3132,12 +3212,11 @@ int loop(Server* s) {
     if (stop) {  // take what is queued, write every partial line, leave
       notify(s->notifier, "STOPPING=1");
       drain_for_stop(s);
-      s->assembler.expire(s->clock(), true);
+      s->core.expire(s->clock(), true);
       report_stats(s, stop == SIGTERM ? "stopped by SIGTERM; " : "stopped by SIGINT; ");
       return 0;
     }
-    s->assembler.expire(s->clock());
-    s->out.flush();
+    s->core.expire(s->clock());
   }
 }
 
@@ -3176,3 +3255,4 @@ int main(int argc, char** argv) {
   return ul::loop(&server);
 }
 #endif  // UDPLOGGER_NO_MAIN
+

@@ -1,12 +1,11 @@
 // udplogger: receive line-oriented UDP log streams (Linux netconsole and
 // others) and append them to daily log files.
 //
-// This header is the contract between the pure core, the shell and the
-// tests.  The core (options, line formatting, the sender table, line
-// assembly, extended netconsole records) does no I/O: a Datagram and times
-// go in, finished log lines come out through an Output, whose flush callback
-// the shell points at a Sink and the tests at a string.  The last section
-// declares the shell's sinks, which the tests drive on a fake clock.
+// This header is the contract of the pure core, which does no I/O:
+// options, datagrams and times go in; log lines go out to a Sink, which
+// reports what became of them; Core says when it next needs to be called.
+// The shell (sockets, epoll, the sinks, signals, main) drives it.  What
+// the tests need of the internals follows the contract, fenced.
 //
 // Copyright (C) 2026 the udplogger authors.  GPL version 2, see COPYING.
 #ifndef UDPLOGGER_H
@@ -21,6 +20,8 @@
 namespace ul {
 
 constexpr const char kVersion[] = "2.2";  // the one place the version is set
+
+// ================================================================ contract
 
 // ---------------------------------------------------------------- options
 
@@ -79,40 +80,6 @@ ParseStatus parse_options(int argc, char* const* argv, Options* opts,
 
 extern const char kUsage[];
 
-// ------------------------------------------------------- formatting pieces
-
-// True for the bytes written as \xNN: control bytes except TAB, and DEL.
-inline bool needs_escape(unsigned char c) {
-  return (c < 0x20 && c != '\t') || c == 0x7f;
-}
-
-// Writes src as log text into dst (room for 4 * len bytes), escaping
-// control bytes as \xNN; returns the bytes written.
-size_t escape_text(const char* src, size_t len, char* dst);
-
-// The longest stamp with its trailing space: "YYYY-MM-DDThh:mm:ss.uuuuuu+hh:mm ".
-constexpr size_t kStampMax = 33;
-
-// Formats the stamp of t (local time) and a space into out; returns its
-// length: 20 for the classic form, 33 for ISO.
-size_t format_stamp(StampStyle style, const timespec& t, char out[kStampMax + 1]);
-
-// The sender's address alone: "a.b.c.d" (IPv4 or v4-mapped) or the IPv6
-// literal without brackets; returns the length (< kHostNameMax).
-constexpr size_t kHostNameMax = 46;
-size_t format_host(const in6_addr& addr, char* out);
-
-// The sender as "a.b.c.d:port" or "[v6addr]:port"; returns the length
-// (< kSenderNameMax).
-constexpr size_t kSenderNameMax = 56;
-size_t format_sender(const in6_addr& addr, uint16_t port, char* out);
-
-// Local midnight following t, as a time_t.
-time_t next_local_midnight(time_t t);
-
-// "YYYY-MM-DD.log" for the local date of t.
-void log_file_name(time_t t, char out[16]);
-
 // ---------------------------------------------------------------- datagram
 
 // One arriving datagram, from receive to the core: the one place where a
@@ -121,10 +88,13 @@ struct Datagram {
   in6_addr addr;               // IPv6, or v4-mapped IPv4
   uint16_t port;
   timespec when;               // the kernel's arrival time
-  const char* data;            // valid until the Output is flushed
+  const char* data;            // valid until Core::datagrams returns
   size_t len;
   bool truncated;              // cut to fit the receive slot
 };
+
+// The shell's clock: wall time now.  Tests give the sinks a fake one.
+using Clock = timespec (*)();
 
 // ------------------------------------------------------------------ sinks
 
@@ -182,67 +152,9 @@ class Sink {
   ~Sink() = default;  // never deleted through a Sink* (no operator delete: libc alone)
 };
 
-// ------------------------------------------------------------------ output
+// ---------------------------------------------------------------- statistics
 
-class LineWriter;
-
-// Collects log text as an iovec list: pieces that live in the receive ring
-// are referenced, everything else is copied into a fixed arena.  When
-// either fills up, or the next line is about another host while lines are
-// grouped by host, what was collected goes to the sink; what the sink
-// reports is counted, and a notice it owes is made by the LineWriter.
-class Output {
- public:
-  // arena_bytes of room for copies; by_host: a batch never mixes hosts.
-  bool init(size_t arena_bytes, Sink* sink, const LineWriter* notices, bool by_host);
-  ~Output();
-  // The lines that follow are about host; only matters when grouped by host.
-  void to(const in6_addr* host) {
-    if (by_host_) switch_host(host);
-  }
-  void ref(const char* p, size_t len);        // zero copy; valid until flush
-  void copy(const char* p, size_t len);       // into the arena
-  void copy_escaped(const char* p, size_t len);  // into the arena, control bytes as \xNN
-  char* claim(size_t len);                    // len (< 1 KiB) contiguous bytes to fill
-  void flush();                               // hands what was collected to the sink
-  // A sink that owes a notice with nothing to write (its directory came
-  // back): it gets its chance now.
-  void settle() { deliver(nullptr, nullptr, 0); }
-  // A line starts: making room later writes the lines before it, not a
-  // part of it.
-  void begin_line();
-  // What the sink could not write, by cause.
-  const WriteLoss& losses() const { return losses_; }
-
- private:
-  char* reserve(size_t want, size_t* got);
-  void make_room(size_t need);
-  void push(const char* p, size_t len);
-  void switch_host(const in6_addr* host);
-  void deliver(const in6_addr* host, const iovec* iov, int iovcnt);
-
-  static constexpr int kMaxIov = 1024;
-  iovec iov_[kMaxIov];
-  int iovcnt_ = 0;
-  char* arena_ = nullptr;
-  size_t arena_cap_ = 0;
-  size_t arena_used_ = 0;
-  size_t line_start_ = 0;  // where the line being collected begins in the arena
-  int line_iov_ = 0;       // iovcnt_ when it began
-  Sink* sink_ = nullptr;
-  const LineWriter* notices_ = nullptr;
-  WriteLoss losses_;
-  bool by_host_ = false;
-  bool has_host_ = false;  // the collected lines are about host_, not the daemon
-  in6_addr host_;
-};
-
-// Adds n to a counter without wrapping: a sender choosing sequence numbers
-// must not be able to make a count small again.
-inline void add_saturating(uint64_t* counter, uint64_t n) {
-  *counter = *counter + n < *counter ? UINT64_MAX : *counter + n;
-}
-
+// What the core counted; the statistics notice and the metrics say it.
 struct Stats {
   uint64_t datagrams = 0, bytes = 0, lines = 0;
   uint64_t senders_reused = 0;
@@ -260,6 +172,97 @@ struct Stats {
   uint64_t flushed_for_memory = 0;  // partial lines written early: partials= reached
   uint64_t refused = 0;             // datagrams from senders not in allow=
 };
+
+// ---------------------------------------------------------------- the core
+
+// The pure core: fed datagrams and times, it writes log lines (the
+// senders' and its own notices) to the sink and says when it next needs
+// to be called.  It allocates at init() only.
+class Core {
+ public:
+  // False: out of memory for what the options ask.  seed: random, so that
+  // senders cannot aim at one hash bucket.
+  bool init(const Options& opts, Sink* sink, uint64_t seed);
+  ~Core();
+  // Datagrams in arrival order, written out before it returns: their bytes
+  // may be reused then.
+  void datagrams(const Datagram* d, size_t n);
+  // Writes every partial line and record due at now (timeout=), or all of
+  // them (at exit).
+  void expire(const timespec& now, bool all = false);
+  // When expire() next has work to do; {0,0}: nothing waits.
+  timespec next_deadline() const;
+  // The kernel dropped n datagrams (receive buffer full): a notice.
+  void kernel_dropped(uint32_t n, const timespec& now);
+  // The sink switched files (midnight, SIGHUP): a notice it owes is written
+  // now, and each sender's next record carries its dictionary again.
+  void files_changed();
+  // "udplogger: text" in the daemon's own log, written at once.
+  void notice(const timespec& now, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
+  // debug=1: fn gets one line (no newline) per datagram saying what
+  // became of it.
+  using TraceFn = void (*)(const char* line);
+  void set_trace(TraceFn fn);
+  const Stats& stats() const;
+  const WriteLoss& losses() const;  // what the sink could not write, by cause
+  size_t senders() const;           // senders known now
+  // "statistics: datagrams=... senders=... reused=..." into buf.
+  void format_stats(char* buf, size_t len) const;
+
+ private:
+  struct Parts;  // the internals below, allocated by init()
+  Parts* parts_ = nullptr;
+};
+
+// ===================================================================
+// Internals: not the contract.  Declared here so that the tests can drive
+// each part alone; the daemon uses Core and the sinks.
+// ===================================================================
+
+// ------------------------------------------------------- formatting pieces
+
+// True for the bytes written as \xNN: control bytes except TAB, and DEL.
+inline bool needs_escape(unsigned char c) {
+  return (c < 0x20 && c != '\t') || c == 0x7f;
+}
+
+// Writes src as log text into dst (room for 4 * len bytes), escaping
+// control bytes as \xNN; returns the bytes written.
+size_t escape_text(const char* src, size_t len, char* dst);
+
+// The longest stamp with its trailing space: "YYYY-MM-DDThh:mm:ss.uuuuuu+hh:mm ".
+constexpr size_t kStampMax = 33;
+
+// Formats the stamp of t (local time) and a space into out; returns its
+// length: 20 for the classic form, 33 for ISO.
+size_t format_stamp(StampStyle style, const timespec& t, char out[kStampMax + 1]);
+
+// The sender's address alone: "a.b.c.d" (IPv4 or v4-mapped) or the IPv6
+// literal without brackets; returns the length (< kHostNameMax).
+constexpr size_t kHostNameMax = 46;
+size_t format_host(const in6_addr& addr, char* out);
+
+// The sender as "a.b.c.d:port" or "[v6addr]:port"; returns the length
+// (< kSenderNameMax).
+constexpr size_t kSenderNameMax = 56;
+size_t format_sender(const in6_addr& addr, uint16_t port, char* out);
+
+// Local midnight following t, as a time_t.
+time_t next_local_midnight(time_t t);
+
+// "YYYY-MM-DD.log" for the local date of t.
+void log_file_name(time_t t, char out[16]);
+
+// ------------------------------------------------------------ line writing
+
+class Output;
+
+// Adds n to a counter without wrapping: a sender choosing sequence numbers
+// must not be able to make a count small again.
+inline void add_saturating(uint64_t* counter, uint64_t n) {
+  *counter = *counter + n < *counter ? UINT64_MAX : *counter + n;
+}
+
 
 // Who a line is about: the name after the stamp, and the host whose file
 // it goes to with split=host (null: the daemon's own file).
@@ -322,6 +325,59 @@ struct IndexList {
     if (base[i].*Next >= 0) base[base[i].*Next].*Prev = base[i].*Prev;
     else tail = base[i].*Prev;
   }
+};
+
+// ------------------------------------------------------------------ output
+
+// Collects log text as an iovec list: pieces that live in the receive ring
+// are referenced, everything else is copied into a fixed arena.  When
+// either fills up, or the next line is about another host while lines are
+// grouped by host, what was collected goes to the sink; what the sink
+// reports is counted, and a notice it owes is made by the LineWriter.
+class Output {
+ public:
+  // arena_bytes of room for copies; by_host: a batch never mixes hosts.
+  bool init(size_t arena_bytes, Sink* sink, const LineWriter* notices, bool by_host);
+  ~Output();
+  // The lines that follow are about host; only matters when grouped by host.
+  void to(const in6_addr* host) {
+    if (by_host_) switch_host(host);
+  }
+  void ref(const char* p, size_t len);        // zero copy; valid until flush
+  void copy(const char* p, size_t len);       // into the arena
+  void copy_escaped(const char* p, size_t len);  // into the arena, control bytes as \xNN
+  char* claim(size_t len);                    // len (< 1 KiB) contiguous bytes to fill
+  void flush();                               // hands what was collected to the sink
+  // A sink that owes a notice with nothing to write (its directory came
+  // back): it gets its chance now.
+  void settle() { deliver(nullptr, nullptr, 0); }
+  // A line starts: making room later writes the lines before it, not a
+  // part of it.
+  void begin_line();
+  // What the sink could not write, by cause.
+  const WriteLoss& losses() const { return losses_; }
+
+ private:
+  char* reserve(size_t want, size_t* got);
+  void make_room(size_t need);
+  void push(const char* p, size_t len);
+  void switch_host(const in6_addr* host);
+  void deliver(const in6_addr* host, const iovec* iov, int iovcnt);
+
+  static constexpr int kMaxIov = 1024;
+  iovec iov_[kMaxIov];
+  int iovcnt_ = 0;
+  char* arena_ = nullptr;
+  size_t arena_cap_ = 0;
+  size_t arena_used_ = 0;
+  size_t line_start_ = 0;  // where the line being collected begins in the arena
+  int line_iov_ = 0;       // iovcnt_ when it began
+  Sink* sink_ = nullptr;
+  const LineWriter* notices_ = nullptr;
+  WriteLoss losses_;
+  bool by_host_ = false;
+  bool has_host_ = false;  // the collected lines are about host_, not the daemon
+  in6_addr host_;
 };
 
 // ---------------------------------------------------- extended netconsole
@@ -593,7 +649,7 @@ class SenderTable {
   IndexList<Sender, &Sender::lru_prev, &Sender::lru_next> lru_;  // idle longest first
 };
 
-// ----------------------------------------------------------------- the core
+// ----------------------------------------------------------------- routing
 
 // Routes each datagram: extended netconsole to Netconsole, everything else
 // into lines joined across datagrams per sender.
@@ -712,12 +768,9 @@ class Pacer {
   uint64_t rate_ = 0;
 };
 
-// ============================================================ shell seams
-// Declared here so the tests can drive them; they live in the shell part
-// of udplogger.cpp and do I/O.
+// ---------------------------------------------------------- the shell's sinks
+// They live in the shell part of udplogger.cpp and do I/O.
 
-// The shell's clock: wall time now.  The loop takes it as a parameter.
-using Clock = timespec (*)();
 
 // One log file open for appending.  It writes whole lines: after a write
 // error (disk full, quota, I/O) it counts the lines and bytes it could not

@@ -1333,26 +1333,34 @@ bool Netconsole::init(unsigned senders, unsigned frags, unsigned timeout) {
   // records before it starts one, and finished ones stay readable until
   // the next call: three entries more than frags.
   senders_ = static_cast<NetconsoleState*>(calloc(senders, sizeof(NetconsoleState)));
+  fed_ = static_cast<uint8_t*>(calloc(senders, 1));
   pool_ = static_cast<Reassembly*>(calloc(frags + kFinishedPerFeed, sizeof(Reassembly)));
   events_ = static_cast<NetconsoleEvent*>(calloc(frags + kEventsPerFeed, sizeof(NetconsoleEvent)));
   event_cap_ = frags + kEventsPerFeed;
-  for (unsigned i = 0; i < senders && senders_; i++) forget(i);
-  return senders_ && pool_ && events_;
+  return senders_ && fed_ && pool_ && events_;
 }
 
 Netconsole::~Netconsole() {
   free(senders_);
+  free(fed_);
   free(pool_);
   free(events_);
 }
 
-void Netconsole::forget(uint32_t id) {
+// A sender's state is touched only once it sends extended netconsole, so
+// that the memory of syslog-only senders stays untouched.
+void Netconsole::forget(uint32_t id) { fed_[id] = 0; }
+
+NetconsoleState& Netconsole::state(uint32_t id) {
   NetconsoleState& n = senders_[id];
+  if (fed_[id]) return n;
+  fed_[id] = 1;
   n.seq_known = n.msgid_known = n.seq_resumable = false;
   n.release_len = 0;
   for (int32_t& r : n.inflight) r = -1;
   for (uint64_t& c : n.cut_seq) c = 0;
   n.cut_next = 0;
+  return n;
 }
 
 bool Netconsole::next(NetconsoleEvent* e) {
@@ -1385,6 +1393,7 @@ NetconsoleEvent* Netconsole::event(NetconsoleEvent::Kind kind, uint32_t id, cons
 Netconsole::Fed Netconsole::feed(uint32_t id, const in6_addr& addr, const ExtHeader& h,
                                  const char* data, size_t len, const timespec& when) {
   begin_call();
+  state(id);
   check_release(id, h, when);
   if (h.fragment) return fragment(id, addr, h, data, len, when);
   record(id, h, data, len, when);
@@ -1644,6 +1653,7 @@ void Netconsole::finish(Reassembly* r, const timespec& now, NetconsoleEvent::Why
 
 void Netconsole::drop(uint32_t id, const timespec& now) {
   begin_call();
+  if (!fed_[id]) return;
   for (int32_t idx : senders_[id].inflight)
     if (idx >= 0) finish(&pool_[idx], now, NetconsoleEvent::Why::slot_reused);
 }

@@ -517,6 +517,7 @@ class Netconsole {
   static constexpr unsigned kFinishedPerFeed = 3;  // records one feed may push out
   static constexpr unsigned kEventsPerFeed = 16;
   void begin_call();
+  NetconsoleState& state(uint32_t id);
   NetconsoleEvent* event(NetconsoleEvent::Kind kind, uint32_t id, const timespec& when);
   NetconsoleEvent* fragment_event(NetconsoleEvent::Kind kind, uint32_t id, const ExtHeader& h,
                                   const timespec& when);
@@ -537,6 +538,7 @@ class Netconsole {
   unsigned timeout_ = 10;
   unsigned frags_ = 0;
   NetconsoleState* senders_ = nullptr;
+  uint8_t* fed_ = nullptr;          // 0: the sender's state is not set up yet
   Reassembly* pool_ = nullptr;      // frags + kFinishedPerFeed entries
   IndexList<Reassembly, &Reassembly::age_prev, &Reassembly::age_next> ages_;  // oldest first
   uint32_t in_use_ = 0;             // entries in ages_, at most frags

@@ -20,9 +20,9 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 
-TEST_SOURCES = test/main.cpp test/core_test.cpp test/daemon_test.cpp test/netconsole_test.cpp test/output_test.cpp test/systemd_test.cpp test/package_test.cpp test/reliability_test.cpp test/senders_test.cpp test/clients_test.cpp test/helpers.cpp test/netconsole.cpp
+TEST_SOURCES = test/main.cpp test/core_test.cpp test/core_lines_test.cpp test/core_senders_test.cpp test/netconsole_test.cpp test/sinks_test.cpp test/daemon_test.cpp test/daemon_reliability_test.cpp test/daemon_systemd_test.cpp test/clients_test.cpp test/package_test.cpp test/helpers.cpp test/netconsole.cpp
 
-.PHONY: all check check-asan bench clean install uninstall dist static rpm fuzz lint
+.PHONY: all check check-flags check-asan bench clean install uninstall dist static rpm fuzz lint
 
 all: udplogger
 
@@ -50,9 +50,33 @@ test/udplogger-core.o: udplogger.cpp udplogger.h
 test/run-tests: $(TEST_SOURCES) test/helpers.h test/netconsole.h test/core_harness.h test/udplogger-core.o udplogger.h
 	$(CXX) $(CPPFLAGS) $(TEST_FLAGS) $(CXXFLAGS) -o $@ $(TEST_SOURCES) test/udplogger-core.o $(LDFLAGS)
 
-# Runs every test; the last line is "N passed, N failed, N skipped".  A test
-# that cannot run here (not root, no IPv6) is skipped and says why.
-check: udplogger udplogger-static test/run-tests
+# The daemon as the distributions build it: Fedora's %optflags and
+# %build_ldflags (less the redhat specs files, which only Fedora has) and
+# Debian's dpkg-buildflags with hardening=+all.  check-flags builds each,
+# dynamic and static, warning-free, and runs the binary and daemon tests
+# that matter to a packager against it.
+FEDORA_CXXFLAGS = -O2 -flto=auto -ffat-lto-objects -fexceptions -g -grecord-gcc-switches -pipe \
+	-Wall -Werror=format-security -Wp,-U_FORTIFY_SOURCE,-D_FORTIFY_SOURCE=3 -Wp,-D_GLIBCXX_ASSERTIONS \
+	-fstack-protector-strong -m64 -march=x86-64 -mtune=generic -fasynchronous-unwind-tables \
+	-fstack-clash-protection -fcf-protection -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer
+FEDORA_LDFLAGS = -Wl,-z,relro -Wl,--as-needed -Wl,-z,pack-relative-relocs -Wl,-z,now -Wl,--build-id=sha1
+DEBIAN_FLAGS = DEB_BUILD_MAINT_OPTIONS=hardening=+all dpkg-buildflags --get
+FLAGS_TESTS = binary*,daemon: start-up line*,daemon: lines split*,daemon: SIGTERM*,daemon: every capture*,daemon: split=host*,stop:*
+check-flags: test/run-tests
+	rm -rf test/flags && mkdir -p test/flags/fedora test/flags/debian
+	$(MAKE) -s --no-print-directory udplogger udplogger-static CXXFLAGS="$(FEDORA_CXXFLAGS) -Werror" \
+	  LDFLAGS="$(FEDORA_LDFLAGS)" CPPFLAGS= && mv udplogger udplogger-static test/flags/fedora/
+	$(MAKE) -s --no-print-directory udplogger udplogger-static CXXFLAGS="$$($(DEBIAN_FLAGS) CXXFLAGS) -Werror" \
+	  LDFLAGS="$$($(DEBIAN_FLAGS) LDFLAGS)" CPPFLAGS="$$($(DEBIAN_FLAGS) CPPFLAGS)" && mv udplogger udplogger-static test/flags/debian/
+	for d in fedora debian; do \
+	  file test/flags/$$d/udplogger-static | grep -q 'statically linked' || exit 1; \
+	  (cd test && UDPLOGGER=./flags/$$d/udplogger ./run-tests --no-intro=true -tc='$(FLAGS_TESTS)' | tail -n 3) || exit 1; \
+	done
+
+# Runs lint, check-flags, then every test; the last line is "N passed, N
+# failed, N skipped".  A test that cannot run here (not root, no IPv6) is
+# skipped and says why.
+check: lint check-flags udplogger udplogger-static test/run-tests
 	@cd test && FUZZTIME=$(FUZZTIME) ./run-tests --no-intro=true 2>&1 | tee run-tests.log; \
 	 awk -F'|' '/test cases:/ { gsub(/[^0-9]/, "", $$2); gsub(/[^0-9]/, "", $$3); gsub(/[^0-9]/, "", $$4); \
 	   p = $$2; f = $$3; s = $$4 } \
@@ -144,5 +168,5 @@ rpm: dist
 	  contrib/udplogger.spec
 
 clean:
-	rm -rf rpmbuild test/fuzz/work test/fuzz/fuzz-core test/fuzz/fuzz-raw test/fuzz/seed
+	rm -rf rpmbuild test/fuzz/work test/fuzz/fuzz-core test/fuzz/fuzz-raw test/fuzz/seed test/flags
 	rm -f udplogger udplogger-static udplogger-*.tar.gz test/run-tests test/run-tests-asan test/udplogger-asan test/*.o test/run-tests.log test/bench/loadgen test/bench/nullrecv test/bench/latency

@@ -573,3 +573,119 @@ TEST_CASE("ext: a late fragment of a record written incomplete is written as its
   c.feed("10.0.0.2", 1, frag(7, 2, 4, "c\n"), T0);
   CHECK(c.text().find("late or duplicate fragment of seq 7 (ncfrag=2/4) ignored") != std::string::npos);
 }
+
+// ------------------------------------------------ the state machine alone
+
+namespace {
+
+// One string of a list, to compare lists with a readable difference.
+std::string joined(const std::vector<std::string>& v) {
+  std::string s;
+  for (const std::string& x : v) s += x + "\n";
+  return s;
+}
+
+
+// What the machine handed back since its last call, one line each.
+std::vector<std::string> pulled(ul::Netconsole* nc) {
+  static const char* const kKinds[] = {"record", "incomplete", "release", "release_changed", "gap",
+                                       "lost", "restart", "again", "late", "duplicate",
+                                       "malformed", "inconsistent"};
+  static const char* const kWhy[] = {"complete", "timed_out", "at_exit", "newer_of_sender",
+                                     "newer_of_address", "table_full", "slot_reused"};
+  std::vector<std::string> seen;
+  ul::NetconsoleEvent e;
+  while (nc->next(&e)) {
+    using K = ul::NetconsoleEvent::Kind;
+    std::string line = std::string(kKinds[int(e.kind)]) + " " + std::to_string(e.sender);
+    std::string rec;
+    for (uint32_t i = 0; i < e.record.len; i++)
+      rec += !e.record.got || (e.record.got[i >> 3] >> (i & 7) & 1) ? e.record.data[i] : '_';
+    rec = std::to_string(e.record.pri) + " " + rec;
+    std::string seq = " seq " + std::to_string(e.seq);
+    std::string frag = seq + " " + std::to_string(e.off) + "/" + std::to_string(e.total);
+    switch (e.kind) {
+      case K::record: line += " " + rec + (e.reassembled ? " reassembled" : ""); break;
+      case K::incomplete:
+        line += seq + " " + std::to_string(e.bytes) + "/" + std::to_string(e.total) + " missing " +
+                kWhy[int(e.why)] + ": " + rec;
+        break;
+      case K::release: line += " " + std::string(e.release, e.release_len); break;
+      case K::release_changed:
+        line += " " + std::string(e.previous, e.previous_len) + " to " + std::string(e.release, e.release_len);
+        break;
+      case K::gap: case K::lost: line += seq + ".." + std::to_string(e.last); break;
+      case K::restart: case K::again: line += seq + " after " + std::to_string(e.last); break;
+      case K::late: line += frag + ": " + rec; break;
+      case K::duplicate: line += frag; break;
+      case K::malformed: line += frag + " " + std::to_string(e.bytes) + " bytes"; break;
+      case K::inconsistent: line += frag + " earlier " + std::to_string(e.bytes); break;
+    }
+    seen.push_back(line);
+  }
+  return seen;
+}
+
+// Feeds one datagram of sender id; returns what the machine then handed
+// back, one string per event.
+std::vector<std::string> feed(ul::Netconsole* nc, uint32_t id, const std::string& d,
+                              const timespec& when, ul::Netconsole::Fed want = ul::Netconsole::Fed::taken) {
+  ul::ExtHeader h;
+  REQUIRE(ul::parse_ext_header(d.data(), d.size(), &h));
+  CHECK(nc->feed(id, v4("10.0.0.1"), h, d.data(), d.size(), when) == want);
+  return pulled(nc);
+}
+
+}  // namespace
+
+TEST_CASE("netconsole: a state machine fed bytes and times alone hands back events") {
+  ul::Netconsole nc;
+  REQUIRE(nc.init(2, 4, 10));
+  nc.forget(0);
+  CHECK(feed(&nc, 0, "14,7,5,-,ncfrag=4/8;5678", at(T0, 500)).empty());
+  CHECK(nc.next_deadline().tv_sec == T0 + 10);
+  CHECK(nc.next_deadline().tv_nsec == 500);
+  CHECK(joined(feed(&nc, 0, "14,7,5,-,ncfrag=0/8;1234", at(T0 + 1))) == "record 0 14 12345678 reassembled\n");
+  CHECK(joined(feed(&nc, 0, "14,7,5,-,ncfrag=4/8;5678", at(T0 + 1))) == "duplicate 0 seq 7 4/8\n");
+  CHECK(joined(feed(&nc, 0, "6.1.0,6,8,6,-;whole", at(T0 + 2))) ==
+        "release 0 6.1.0\nrecord 0 6 whole\n");
+  CHECK(feed(&nc, 0, "14,9,5,-,ncfrag=0/6;ab", at(T0 + 3)).empty());
+  CHECK(nc.next_deadline().tv_sec == T0 + 13);
+  nc.expire(at(T0 + 12, 999999999), false);
+  CHECK(pulled(&nc).empty());
+  nc.expire(at(T0 + 13), false);
+  CHECK(joined(pulled(&nc)) == "incomplete 0 seq 9 4/6 missing timed_out: 14 ab____\n");
+  CHECK(joined(feed(&nc, 0, "14,10,5,-,ncfrag=9/6;x", at(T0 + 14), ul::Netconsole::Fed::not_extended)) ==
+        "malformed 0 seq 10 9/6 1 bytes\n");
+  CHECK(joined(feed(&nc, 0, "14,11,5,-,ncfrag=0/6;cd", at(T0 + 14))) == "gap 0 seq 10..10\n");
+  CHECK(joined(feed(&nc, 0, "14,9,5,-,ncfrag=2/6;xy", at(T0 + 14))) == "late 0 seq 9 2/6: 14 __xy__\n");
+  CHECK(joined(feed(&nc, 0, "6.2.0,6,1,6,-;new\n msgid=4", at(T0 + 15))) ==
+        "release_changed 0 6.1.0 to 6.2.0\nrecord 0 6 new\n msgid=4\n");
+  CHECK(joined(feed(&nc, 0, "6.2.0,6,2,6,-;next\n msgid=7", at(T0 + 15))) ==
+        "lost 0 seq 5..6\nrecord 0 6 next\n msgid=7\n");
+  CHECK(joined(feed(&nc, 0, "6.2.0,6,2,6,-;again", at(T0 + 15))) == "again 0 seq 2 after 2\nrecord 0 6 again\n");
+  nc.drop(0, at(T0 + 16));
+  CHECK(joined(pulled(&nc)) == "incomplete 0 seq 11 4/6 missing slot_reused: 14 cd____\n");
+  CHECK(nc.next_deadline().tv_sec == 0);
+}
+
+TEST_CASE("netconsole: records pushed out to make room stay readable until the next call") {
+  ul::Netconsole nc;
+  REQUIRE(nc.init(8, 4, 10));
+  for (uint32_t id = 0; id < 8; id++) nc.forget(id);
+  // Four senders fill the table of 4; each further one pushes out the oldest.
+  for (uint32_t id = 0; id < 8; id++) {
+    ul::ExtHeader h;
+    std::string d = "6," + std::to_string(100 + id) + ",5,-,ncfrag=0/4;" + std::string(2, char('a' + id));
+    REQUIRE(ul::parse_ext_header(d.data(), d.size(), &h));
+    in6_addr addr = v4(("10.0.0." + std::to_string(id + 1)).c_str());
+    nc.feed(id, addr, h, d.data(), d.size(), at(T0 + id));
+    std::vector<std::string> got = pulled(&nc);
+    if (id < 4) CHECK(got.empty());
+    else CHECK(joined(got) == "incomplete " + std::to_string(id - 4) + " seq " + std::to_string(96 + id) +
+                                  " 2/4 missing table_full: 6 " + std::string(2, char('a' + id - 4)) + "__\n");
+  }
+}
+
+// ------------------------------------------------------------------ sinks
+

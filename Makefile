@@ -91,8 +91,8 @@ check-asan: $(TEST_SOURCES) test/helpers.h test/netconsole.h test/core_harness.h
 	cd test && UDPLOGGER=./udplogger-asan ./run-tests-asan --no-intro=true -tce='binary*,daemon: memory*'
 
 # libFuzzer over the core (clang, Debian: clang and libclang-rt-14-dev):
-# each target runs FUZZTIME seconds from the netconsole captures and the
-# saved regressions; FUZZTIME=0 runs each of those inputs once.  A finding
+# each target runs FUZZTIME seconds (both at once, one a core) from the
+# netconsole captures and the saved regressions; FUZZTIME=0 runs each of those inputs once.  A finding
 # stops with its input in test/fuzz/work/; save it to test/fuzz/regressions/.
 FUZZ_CXX ?= clang++
 FUZZTIME ?= 0
@@ -112,11 +112,14 @@ test/fuzz/seed: test/fuzz/seed.cpp
 fuzz: test/fuzz/fuzz-core test/fuzz/fuzz-raw test/fuzz/seed
 	rm -rf test/fuzz/work && mkdir -p test/fuzz/work/seeds test/fuzz/work/core test/fuzz/work/raw
 	test/fuzz/seed test/fuzz/work/seeds test/netconsole/*.dump
-	for t in core raw; do \
-	  if [ $(FUZZTIME) -gt 0 ]; then runs="-max_total_time=$(FUZZTIME)"; else runs="-runs=0"; fi; \
+	if [ $(FUZZTIME) -gt 0 ]; then runs="-max_total_time=$(FUZZTIME)"; else runs="-runs=0"; fi; \
+	pids=; for t in core raw; do \
 	  test/fuzz/fuzz-$$t $$runs -max_len=80000 -timeout=10 -artifact_prefix=test/fuzz/work/$$t- \
-	    test/fuzz/work/$$t test/fuzz/work/seeds test/fuzz/regressions || exit 1; \
-	done
+	    test/fuzz/work/$$t test/fuzz/work/seeds test/fuzz/regressions > test/fuzz/work/$$t.log 2>&1 & \
+	  pids="$$pids $$!"; \
+	done; \
+	status=0; for p in $$pids; do wait $$p || status=1; done; \
+	cat test/fuzz/work/core.log test/fuzz/work/raw.log; exit $$status
 
 # Static analysis of the daemon: cppcheck, and clang-tidy as .clang-tidy says.
 lint:

@@ -1336,7 +1336,6 @@ bool Netconsole::init(unsigned senders, unsigned frags, unsigned timeout) {
   fed_ = static_cast<uint8_t*>(calloc(senders, 1));
   pool_ = static_cast<Reassembly*>(calloc(frags + kFinishedPerFeed, sizeof(Reassembly)));
   events_ = static_cast<NetconsoleEvent*>(calloc(frags + kEventsPerFeed, sizeof(NetconsoleEvent)));
-  event_cap_ = frags + kEventsPerFeed;
   return senders_ && fed_ && pool_ && events_;
 }
 
@@ -2469,10 +2468,10 @@ void LogFile::close_file() {
 // Before the first lines after a write error, or into a file found cut, a
 // notice is owed: without it (preface null) nothing is written.
 WriteReport LogFile::write(const iovec* iov, int iovcnt, const char* preface, size_t preface_len,
-                           const char* dir, const char* name, const timespec& now) {
+                           const char* dir, const char* name, Clock clock) {
   if (failing_ || found_cut_) {
-    if (!preface) return owed(now);
-    if (!mend(preface, preface_len, dir, name)) return lose(iov, iovcnt, errno, dir, name, now);
+    if (!preface) return owed(clock);
+    if (!mend(preface, preface_len, dir, name)) return lose(iov, iovcnt, errno, dir, name, clock);
   }
   iovec rest[1024];
   if (iovcnt > 0) memcpy(rest, iov, sizeof(iovec) * size_t(iovcnt));
@@ -2482,7 +2481,7 @@ WriteReport LogFile::write(const iovec* iov, int iovcnt, const char* preface, si
     ssize_t w = writev(fd_, v, iovcnt);
     if (w < 0) {
       if (errno == EINTR) continue;
-      return lose(v, iovcnt, errno, dir, name, now);
+      return lose(v, iovcnt, errno, dir, name, clock);
     }
     size_t done = size_t(w);
     while (iovcnt > 0 && done >= v->iov_len) {
@@ -2500,7 +2499,10 @@ WriteReport LogFile::write(const iovec* iov, int iovcnt, const char* preface, si
   return WriteReport();
 }
 
-WriteReport LogFile::owed(const timespec& now) const {
+// The time is read only when something went wrong, not for every batch.
+static timespec now_of(Clock clock) { return clock ? clock() : timespec{0, 0}; }
+
+WriteReport LogFile::owed(Clock clock) const {
   WriteReport r;
   r.kind = WriteReport::Kind::owes_notice;
   r.owed = failing_ ? WriteReport::Owed::write_failed : WriteReport::Owed::cut_found;
@@ -2509,14 +2511,14 @@ WriteReport LogFile::owed(const timespec& now) const {
   r.lines = lost_lines_;
   r.bytes = lost_bytes_;
   r.since = since_;
-  r.now = now;
+  r.now = now_of(clock);
   return r;
 }
 
 // Counts what could not be written; the first error of an episode is said
 // on stderr, the rest only counted.
 WriteReport LogFile::lose(const iovec* iov, int iovcnt, int err, const char* dir,
-                          const char* name, const timespec& now) {
+                          const char* name, Clock clock) {
   WriteReport r;
   r.kind = WriteReport::Kind::lost;
   r.cause = cause_of(err);
@@ -2528,7 +2530,7 @@ WriteReport LogFile::lose(const iovec* iov, int iovcnt, int err, const char* dir
   if (!failing_) {
     failing_ = true;
     error_ = err;
-    since_ = now;
+    since_ = now_of(clock);
     warn("cannot write %s%s%s: %s; counting the lines lost until writing works again", dir,
          *dir ? "/" : "", name, strerror(err));
   }
@@ -2592,10 +2594,9 @@ bool DailyFile::switch_to(time_t now, char* why, size_t whylen) {
 WriteReport DailyFile::write(const in6_addr*, const iovec* iov, int iovcnt, const char* preface,
                              size_t preface_len) {
   if (away_) return keep(iov, iovcnt);
-  timespec now = clock_ ? clock_() : timespec{0, 0};
   if (back_) {
     if (file_.owes()) {
-      WriteReport r = file_.write(nullptr, 0, preface, preface_len, dir_->path, name_, now);
+      WriteReport r = file_.write(nullptr, 0, preface, preface_len, dir_->path, name_, clock_);
       if (r.kind != WriteReport::Kind::written) return also_lost(r, iov, iovcnt);
       preface = nullptr;  // spent on the file's own notice
     }
@@ -2609,13 +2610,13 @@ WriteReport DailyFile::write(const in6_addr*, const iovec* iov, int iovcnt, cons
       r.kept = kept_len_;
       r.lines = lost_lines_;
       r.bytes = lost_bytes_;
-      r.now = now;
+      r.now = now_of(clock_);
       return r;
     }
     iovec first[2] = {{const_cast<char*>(preface), preface_len}, {kept_, kept_len_}};
     warn("log directory %s is back: %zu bytes kept in memory written, %llu lines lost",
          dir_->given, kept_len_, (unsigned long long)lost_lines_);
-    WriteReport r = file_.write(first, kept_len_ ? 2 : 1, nullptr, 0, dir_->path, name_, now);
+    WriteReport r = file_.write(first, kept_len_ ? 2 : 1, nullptr, 0, dir_->path, name_, clock_);
     back_ = false;
     free(kept_);
     kept_ = nullptr;
@@ -2624,7 +2625,7 @@ WriteReport DailyFile::write(const in6_addr*, const iovec* iov, int iovcnt, cons
     if (r.kind != WriteReport::Kind::written) return also_lost(r, iov, iovcnt);
     preface = nullptr;
   }
-  return file_.write(iov, iovcnt, preface, preface_len, dir_->path, name_, now);
+  return file_.write(iov, iovcnt, preface, preface_len, dir_->path, name_, clock_);
 }
 
 // At local midnight: DIR looked up again, and the new day's file; if that
@@ -2784,8 +2785,7 @@ WriteReport HostFiles::write(const in6_addr* host, const iovec* iov, int iovcnt,
                              const char* preface, size_t preface_len) {
   HostFile* f = host ? file_for(*host) : nullptr;
   if (!f) return daemon_.write(nullptr, iov, iovcnt, preface, preface_len);
-  return f->file.write(iov, iovcnt, preface, preface_len, dir_->path, f->name,
-                       clock_ ? clock_() : timespec{0, 0});
+  return f->file.write(iov, iovcnt, preface, preface_len, dir_->path, f->name, clock_);
 }
 
 // Host files are named after the day they are opened in: at midnight they
@@ -2806,8 +2806,7 @@ void HostFiles::reopen(time_t now) {
 WriteReport StdoutSink::write(const in6_addr*, const iovec* iov, int iovcnt, const char* preface,
                               size_t preface_len) {
   if (gone_) return WriteReport();
-  WriteReport r = out_.write(iov, iovcnt, preface, preface_len, "", "standard output",
-                             clock_ ? clock_() : timespec{0, 0});
+  WriteReport r = out_.write(iov, iovcnt, preface, preface_len, "", "standard output", clock_);
   if (r.kind == WriteReport::Kind::lost && r.err == EPIPE) gone_ = true;
   return r;
 }

@@ -546,7 +546,7 @@ class Netconsole {
   int32_t finished_head_ = -1;      // handed back in this call: free at the next
   uint32_t pool_used_ = 0;          // entries ever used: the rest untouched
   NetconsoleEvent* events_ = nullptr;
-  uint32_t event_cap_ = 0, event_head_ = 0, event_count_ = 0;
+  uint32_t event_head_ = 0, event_count_ = 0;
   char previous_release_[64];
   char late_data_[kRecordMax];      // a late fragment, handed back alone
   uint8_t late_got_[kRecordMax / 8];
@@ -787,13 +787,13 @@ class LogFile {
   int fd() const { return fd_; }
   bool owes() const { return failing_ || found_cut_; }  // a notice before the next lines
   WriteReport write(const iovec* iov, int iovcnt, const char* preface, size_t preface_len,
-                    const char* dir, const char* name, const timespec& now);
+                    const char* dir, const char* name, Clock clock);
 
  private:
-  WriteReport owed(const timespec& now) const;
+  WriteReport owed(Clock clock) const;
   bool mend(const char* preface, size_t preface_len, const char* dir, const char* name);
   WriteReport lose(const iovec* iov, int iovcnt, int err, const char* dir, const char* name,
-                   const timespec& now);
+                   Clock clock);
 
   int fd_ = -1;
   bool mid_line_ = false;     // the last byte written was not a newline

@@ -24,11 +24,11 @@ bool write_as_core(ul::LogFile* f, const iovec* iov, int n, const char* dir, con
                    ul::WriteLoss* loss) {
   ul::LineWriter lines;
   lines.init(ul::Options(), nullptr, nullptr);
-  ul::WriteReport r = f->write(iov, n, nullptr, 0, dir, name, test_clock());
+  ul::WriteReport r = f->write(iov, n, nullptr, 0, dir, name, test_clock);
   if (r.kind == ul::WriteReport::Kind::owes_notice) {
     char preface[2048];
     size_t len = lines.sink_notice(r, preface, sizeof preface);
-    r = f->write(iov, n, preface, len, dir, name, test_clock());
+    r = f->write(iov, n, preface, len, dir, name, test_clock);
   }
   if (r.kind == ul::WriteReport::Kind::lost) {
     loss->lines[r.cause] += r.lines;

@@ -82,13 +82,13 @@ check: lint check-flags udplogger udplogger-static test/run-tests
 	   p = $$2; f = $$3; s = $$4 } \
 	   END { if (p == "") { p = 0; f = 1; s = 0 } print p " passed, " f " failed, " s " skipped"; exit (f != 0) }' run-tests.log
 
-# The same tests with AddressSanitizer and UBSan in the core and the daemon
-# (the binary's size and libraries and its memory use do not apply there).
+# The same tests with AddressSanitizer and UBSan in the core and the daemon;
+# those of the binary's libraries and memory use say they are skipped.
 SANITIZE = -fsanitize=address,undefined -fno-sanitize-recover=all -g -O1
-check-asan: $(TEST_SOURCES) test/helpers.h test/netconsole.h test/core_harness.h udplogger.cpp udplogger.h
+check-asan: $(TEST_SOURCES) test/helpers.h test/netconsole.h test/core_harness.h udplogger.cpp udplogger.h udplogger-static
 	$(CXX) -std=c++17 -fno-exceptions -fno-rtti $(WARNINGS) $(SANITIZE) -o test/udplogger-asan udplogger.cpp
 	$(CXX) $(TEST_FLAGS) $(SANITIZE) -DUDPLOGGER_NO_MAIN -o test/run-tests-asan $(TEST_SOURCES) udplogger.cpp
-	cd test && UDPLOGGER=./udplogger-asan ./run-tests-asan --no-intro=true -tce='binary*,daemon: memory*'
+	cd test && UDPLOGGER=./udplogger-asan UDPLOGGER_SANITIZED=1 ./run-tests-asan --no-intro=true
 
 # libFuzzer over the core (clang, Debian: clang and libclang-rt-14-dev):
 # each target runs FUZZTIME seconds (both at once, one a core) from the

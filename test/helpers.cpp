@@ -42,6 +42,8 @@ bool have_ipv6_sockets() {
 
 bool is_root() { return geteuid() == 0; }
 
+bool is_sanitized() { return getenv("UDPLOGGER_SANITIZED") != nullptr; }
+
 doctest::skip skip_unless(bool can_run, const char* test, const char* why) {
   if (!can_run) printf("[skipped] %s: %s\n", test, why);
   return doctest::skip(!can_run);

@@ -18,6 +18,9 @@
 bool have_ipv6_loopback();  // ::1 can be bound
 bool have_ipv6_sockets();   // AF_INET6 sockets exist: the daemon binds [::]
 bool is_root();
+// The daemon under test is built with sanitizers (make check-asan): its
+// libraries and memory use are not the shipped binary's.
+bool is_sanitized();
 
 // A test decorator: skips the test when `can_run` is false and says why
 // on stdout, so a test that cannot run here never counts as passed.

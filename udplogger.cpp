@@ -40,6 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/random.h>
@@ -78,6 +79,7 @@ const char kUsage[] =
     "               2026-11-22T02:04:05.123456+09:00\n"
     "  split=none|host  one daily file (default), or DIR/ADDR/ per sender address\n"
     "  files=N      split=host: log files open at once, 1..65536 (default 64)\n"
+    "  newdirs=N    split=host: new host directories a day, 0..1048576 (default 4096)\n"
     "  partials=N   bytes all partial lines may hold, 65536..1073741824 (default 4194304)\n"
     "  eol=auto|newline|datagram  what ends a line besides a newline: a syslog\n"
     "               datagram's end (default), nothing (as 1.1), every datagram's end\n"
@@ -115,7 +117,7 @@ const NumberOption kNumberOptions[] = {
     {"gid", 0, 4294967294UL, 10},  {"perm", 0, 0777, 8},
     {"frags", 4, 4096, 10},        {"files", 1, 65536, 10},
     {"debug", 0, 1, 10},           {"partials", 65536, 1UL << 30, 10},
-    {"reuseport", 0, 1, 10},
+    {"reuseport", 0, 1, 10},       {"newdirs", 0, 1048576, 10},
 };
 
 void store_number(Options* o, const char* key, unsigned long v) {
@@ -132,6 +134,7 @@ void store_number(Options* o, const char* key, unsigned long v) {
   else if (!strcmp(key, "debug")) o->debug = unsigned(v);
   else if (!strcmp(key, "partials")) o->partials = v;
   else if (!strcmp(key, "reuseport")) o->reuseport = unsigned(v);
+  else if (!strcmp(key, "newdirs")) o->newdirs = unsigned(v);
 }
 
 ParseStatus parse_number_option(const NumberOption& n, const char* value, Options* o,
@@ -295,6 +298,11 @@ ParseStatus parse_one(const char* key, size_t keylen, const char* value,
   if (!strcmp(k, "dir")) {
     if (!*value) {
       snprintf(err, errlen, "dir=: empty (allowed: a directory path, or - for standard output)");
+      return ParseStatus::value_error;
+    }
+    if (strlen(value) >= kPathMax) {  // looked up again on SIGHUP and at midnight: never cut
+      snprintf(err, errlen, "dir=%.40s...: %zu bytes long (allowed: at most %zu)", value,
+               strlen(value), kPathMax - 1);
       return ParseStatus::value_error;
     }
     o->dir = value;
@@ -566,6 +574,11 @@ void Core::files_changed() {
   parts_->assembler.files_changed();
 }
 
+void Core::stop(const timespec& now) {
+  expire(now, true);
+  parts_->out.close();
+}
+
 void Core::notice(const timespec& now, const char* fmt, ...) {
   char text[512];
   va_list ap;
@@ -671,7 +684,7 @@ Assembler::Outcome Assembler::route(const Datagram& d, uint32_t bucket, ExtHeade
                                     const Sender** sender) {
   stats_.datagrams++;
   add_saturating(&stats_.bytes, d.len);
-  if (opts_.allow.count > 0 && !opts_.allow.allows(d.addr)) {
+  if (d.spoofed_v4 || (opts_.allow.count > 0 && !opts_.allow.allows(d.addr))) {
     refuse(d);
     return Outcome::refused;
   }
@@ -799,8 +812,14 @@ Assembler::Outcome Assembler::event(const NetconsoleEvent& e, Outcome outcome) {
 // eol=: whether the datagram's end ends its last line.  auto: for a syslog
 // message (RFC 5426: one per datagram), unless it continues a partial line
 // as a kernel's continuation lines do.
+// Legacy netconsole cuts a longer message into 1000-byte datagrams, the
+// first without a newline: with console_msg_format=syslog such a piece
+// starts "<N>" too, and the next piece finishes its line.
 bool Assembler::ends_with_datagram(const Sender* s, const char* data, size_t len) const {
-  if (opts_.eol == Eol::automatic) return s->partial_len == 0 && starts_with_priority(data, len);
+  constexpr size_t kNetconsolePiece = 1000;
+  if (opts_.eol == Eol::automatic)
+    return s->partial_len == 0 && starts_with_priority(data, len) &&
+           !(len == kNetconsolePiece && data[len - 1] != '\n');
   return opts_.eol == Eol::datagram;
 }
 
@@ -812,17 +831,22 @@ void Assembler::refuse(const Datagram& d) {
   refused_unreported_++;
   refused_addr_ = d.addr;
   refused_port_ = d.port;
+  refused_spoofed_ = d.spoofed_v4;
   if (timespec_le(refused_notice_at_, d.when)) report_refused(d.when);
 }
 
 void Assembler::report_refused(const timespec& now) {
-  char who[kSenderNameMax];
+  char who[kSenderNameMax + 16], host[kHostNameMax];
   format_sender(refused_addr_, refused_port_, who);
+  if (refused_spoofed_) {  // an IPv6 sender: its address as it is
+    format_host(refused_addr_, host);
+    snprintf(who, sizeof who, "[::ffff:%s]:%u", host, unsigned(refused_port_));
+  }
   lines_.notice(nullptr, nullptr, 0, now,
-                "refused %llu datagram%s from senders not in allow=, the last from %s "
+                "refused %llu datagram%s from senders not in allow=%s, the last from %s "
                 "(counted; reported at most once a minute)",
                 (unsigned long long)refused_unreported_, refused_unreported_ == 1 ? "" : "s",
-                who);
+                refused_spoofed_ ? " or from IPv6 senders claiming an IPv4 address" : "", who);
   refused_unreported_ = 0;
   refused_notice_at_ = now;
   refused_notice_at_.tv_sec += 60;
@@ -838,7 +862,8 @@ void Assembler::trace(const Datagram& d, const Sender* s, const ExtHeader& h, Ou
   const char* plural = n == 1 ? "" : "s";
   switch (what) {
     case Outcome::refused:
-      snprintf(text, sizeof text, "refused: not in allow=");
+      snprintf(text, sizeof text, "refused: %s",
+               d.spoofed_v4 ? "an IPv6 datagram from a v4-mapped address" : "not in allow=");
       break;
     case Outcome::empty:
       snprintf(text, sizeof text, "empty: nothing to write");
@@ -1883,15 +1908,21 @@ size_t LineWriter::sink_notice(const WriteReport& r, char* out, size_t len) cons
                "in a newline (udplogger or the system stopped while writing it)");
       break;
     case WriteReport::Owed::write_failed:
-      snprintf(text, sizeof text, "%llu lines (%llu bytes) could not be written since %s: %s%s",
-               (unsigned long long)r.lines, (unsigned long long)r.bytes, since,
-               strerror(r.err), r.cut ? "; the line before this notice was cut" : "");
+      snprintf(text, sizeof text, "%s%s%llu lines (%llu bytes) could not be written since %s: %s%s",
+               r.file ? r.file : "", r.file ? ": " : "", (unsigned long long)r.lines,
+               (unsigned long long)r.bytes, since,
+               r.err == EAGAIN ? "its reader stopped reading" : strerror(r.err),
+               r.cut ? "; the line before this notice was cut" : "");
       break;
     case WriteReport::Owed::directory_back:
       snprintf(text, sizeof text, "log directory %.200s could not be used since %s (%s): %zu "
                "bytes of lines kept in memory follow; %llu lines (%llu bytes) beyond them were "
                "lost", r.dir, since, r.why, r.kept, (unsigned long long)r.lines,
                (unsigned long long)r.bytes);
+      break;
+    case WriteReport::Owed::host_capped:
+      snprintf(text, sizeof text, "split=host: %zu new host directories made today (newdirs=); "
+               "until midnight, lines of hosts that have none go to this file", r.kept);
       break;
   }
   return format_notice(r.now, text, out, len);
@@ -1936,9 +1967,27 @@ void Output::deliver(const in6_addr* host, const iovec* iov, int iovcnt) {
     preface_len = notices_->sink_notice(r, preface, sizeof preface);
     r = sink_->write(host, iov, iovcnt, preface, preface_len);
   }
-  if (r.kind == WriteReport::Kind::lost) {
-    add_saturating(&losses_.lines[r.cause], r.lines);
-    add_saturating(&losses_.bytes[r.cause], r.bytes);
+  count(r);
+}
+
+void Output::count(const WriteReport& r) {
+  if (r.kind != WriteReport::Kind::lost) return;
+  add_saturating(&losses_.lines[r.cause], r.lines);
+  add_saturating(&losses_.bytes[r.cause], r.bytes);
+}
+
+// Each round ends one thing the sink owes (a notice, kept lines), so the
+// bound is only a guard: split=host owes at most one notice per file.
+void Output::close() {
+  flush();
+  char preface[2048];
+  size_t preface_len = 0;
+  for (int round = 0; round < 2 * 65536 + 16; round++) {
+    WriteReport r = sink_->close(preface_len ? preface : nullptr, preface_len);
+    if (r.kind == WriteReport::Kind::written) return;
+    count(r);
+    preface_len = r.kind == WriteReport::Kind::owes_notice
+                      ? notices_->sink_notice(r, preface, sizeof preface) : 0;
   }
 }
 
@@ -2083,11 +2132,65 @@ long Pacer::woke(uint64_t n, int64_t now_ns) {
 namespace ul {
 namespace {
 
-// One line on stderr: "udplogger: text".
+int64_t monotonic_ns() {
+  timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return int64_t(t.tv_sec) * 1000000000 + t.tv_nsec;
+}
+
+// writev to a descriptor that may be non-blocking (standard output or
+// error into a pipe, see nonblocking_stdio): when it is full, waits for
+// room while *budget_ms lasts, so that a reader that stopped reading
+// cannot stall the loop.
+ssize_t writev_patiently(int fd, const iovec* iov, int iovcnt, int* budget_ms) {
+  for (;;) {
+    ssize_t w = writev(fd, iov, iovcnt);
+    if (w >= 0) return w;
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN || *budget_ms <= 0) return -1;
+    pollfd p = {fd, POLLOUT, 0};
+    int64_t start = monotonic_ns();
+    poll(&p, 1, *budget_ms);
+    *budget_ms -= 1 + int((monotonic_ns() - start) / 1000000);
+  }
+}
+
+// Messages on standard error that found it full (its reader stopped):
+// counted, and said by the next one that gets through.
+uint64_t stderr_lost = 0;
+
+// Writes bytes to standard error, waiting for room at most budget_ms;
+// false when not all of them could be written.
+bool to_stderr(const iovec* iov, int iovcnt, int budget_ms) {
+  iovec rest[1024];  // IOV_MAX, as many as an Output batch has
+  memcpy(rest, iov, sizeof(iovec) * size_t(iovcnt));
+  iovec* v = rest;
+  while (iovcnt > 0) {
+    ssize_t w = writev_patiently(STDERR_FILENO, v, iovcnt, &budget_ms);
+    if (w < 0) return false;
+    size_t done = size_t(w);
+    while (iovcnt > 0 && done >= v->iov_len) done -= v->iov_len, v++, iovcnt--;
+    if (iovcnt > 0) v->iov_base = static_cast<char*>(v->iov_base) + done, v->iov_len -= done;
+  }
+  return true;
+}
+
+// One line on stderr: "udplogger: text", waiting for room at most 100 ms,
+// and not at all after a line that could not be written (counted).
 void vwarn(const char* fmt, va_list ap) {
-  fputs("udplogger: ", stderr);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
+  char line[2048], lost[128];
+  int n = vsnprintf(line, sizeof line - 1, fmt, ap);
+  size_t len = n < 0 ? 0 : size_t(n) < sizeof line - 1 ? size_t(n) : sizeof line - 2;
+  line[len++] = '\n';
+  size_t lost_len = 0;
+  if (stderr_lost)
+    lost_len = size_t(snprintf(lost, sizeof lost, "udplogger: %llu messages could not be written "
+                               "to standard error: it was not read\n",
+                               (unsigned long long)stderr_lost));
+  static const char kName[] = "udplogger: ";
+  iovec iov[3] = {{lost, lost_len}, {const_cast<char*>(kName), sizeof kName - 1}, {line, len}};
+  if (to_stderr(iov, 3, stderr_lost ? 0 : 100)) stderr_lost = 0;  // no wait while it is not read
+  else stderr_lost++;
 }
 
 void warn(const char* fmt, ...) {
@@ -2203,10 +2306,12 @@ void create_listener(const Options& o, Listener* l) {
 int inherit_listeners(Listener* ls) {
   const char* pid = getenv("LISTEN_PID");
   const char* fds = getenv("LISTEN_FDS");
-  if (!pid || !fds || strtol(pid, nullptr, 10) != long(getpid())) return 0;
-  long n = strtol(fds, nullptr, 10);
-  if (n < 1 || n > kMaxListeners)
-    die("socket activation: LISTEN_FDS=%s: expected 1..%d UDP sockets", fds, kMaxListeners);
+  unsigned long listen_pid = 0, n = 0;
+  if (!pid || !fds || !parse_number(pid, 10, &listen_pid) || listen_pid != unsigned(getpid()))
+    return 0;
+  if (!parse_number(fds, 10, &n) || n < 1 || n > kMaxListeners)
+    die("socket activation: LISTEN_FDS=%s: expected a number of UDP sockets, 1..%d", fds,
+        kMaxListeners);
   for (int i = 0; i < int(n); i++) {
     int fd = 3 + i, type = 0, domain = 0;
     socklen_t len = sizeof type;
@@ -2216,6 +2321,11 @@ int inherit_listeners(Listener* ls) {
     getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len);
     if (type != SOCK_DGRAM || (domain != AF_INET && domain != AF_INET6))
       die("socket activation: fd %d is not a UDP socket (ListenDatagram= in the .socket unit)",
+          fd);
+    sockaddr_in6 bound = {};
+    len = sizeof bound;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &len) < 0 || bound.sin6_port == 0)
+      die("socket activation: fd %d is not bound to a port (ListenDatagram= in the .socket unit)",
           fd);
     fcntl(fd, F_SETFD, FD_CLOEXEC);
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
@@ -2246,6 +2356,13 @@ void tune_listener(const Options& o, Listener* l) {
   if (setsockopt(l->fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on) < 0 &&
       setsockopt(l->fd, SOL_SOCKET, SO_TIMESTAMP, &on, sizeof on) < 0)
     die("cannot ask for receive timestamps on %s: %s", l->where, strerror(errno));
+  // An IPv4 datagram on an IPv6 socket brings its IPv4 TOS byte along; an
+  // IPv6 one with a v4-mapped source does not: see datagram_of.
+  int domain = 0;
+  len = sizeof domain;
+  getsockopt(l->fd, SOL_SOCKET, SO_DOMAIN, &domain, &len);
+  if (domain == AF_INET6 && setsockopt(l->fd, IPPROTO_IP, IP_RECVTOS, &on, sizeof on) < 0)
+    die("cannot ask for IPv4 TOS on %s: %s", l->where, strerror(errno));
 }
 
 // Names the address the socket serves, as the kernel sees it, and whether
@@ -2298,24 +2415,29 @@ void ring_init(Ring* r) {
 }
 
 // Message i of the ring as the core sees it: sender (IPv4 as v4-mapped),
-// arrival time (else `fallback`), bytes.
+// arrival time (else `fallback`), bytes.  On an IPv6 socket a v4-mapped
+// source is an IPv4 sender only if the datagram came over IPv4 (it has
+// the IPv4 TOS message); otherwise an IPv6 sender claims an IPv4 address.
 Datagram datagram_of(const Ring& r, int i, const timespec& fallback) {
   Datagram d;
   address_of(r.names[i], &d.addr, &d.port);
   const msghdr& h = r.msgs[i].msg_hdr;
   d.when = fallback;
+  bool over_ipv4 = false;
   for (cmsghdr* c = CMSG_FIRSTHDR(&h); c; c = CMSG_NXTHDR(const_cast<msghdr*>(&h), c)) {
-    if (c->cmsg_level != SOL_SOCKET) continue;
-    if (c->cmsg_type == SCM_TIMESTAMPNS) {
+    if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_TOS) {
+      over_ipv4 = true;
+    } else if (c->cmsg_level != SOL_SOCKET) {
+      continue;
+    } else if (c->cmsg_type == SCM_TIMESTAMPNS) {
       memcpy(&d.when, CMSG_DATA(c), sizeof d.when);
-      break;  // the only message asked for
     } else if (c->cmsg_type == SCM_TIMESTAMP) {
       timeval tv;
       memcpy(&tv, CMSG_DATA(c), sizeof tv);
       d.when = timespec{tv.tv_sec, tv.tv_usec * 1000};
-      break;
     }
   }
+  d.spoofed_v4 = r.names[i].sin6_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&d.addr) && !over_ipv4;
   d.data = static_cast<const char*>(r.iov[i].iov_base);
   d.len = r.msgs[i].msg_len;
   d.truncated = h.msg_flags & MSG_TRUNC;
@@ -2424,7 +2546,7 @@ namespace {
 
 WriteLoss::Cause cause_of(int err) {
   return err == ENOSPC ? WriteLoss::disk_full : err == EDQUOT ? WriteLoss::quota
-       : err == EIO ? WriteLoss::io : WriteLoss::other;
+       : err == EIO ? WriteLoss::io : err == EAGAIN ? WriteLoss::stalled : WriteLoss::other;
 }
 
 // Whether the last byte of iov is a newline (true when it is empty).
@@ -2478,11 +2600,10 @@ WriteReport LogFile::write(const iovec* iov, int iovcnt, const char* preface, si
   iovec* v = rest;
   bool ends_line = ends_in_newline(iov, iovcnt);
   while (iovcnt > 0) {
-    ssize_t w = writev(fd_, v, iovcnt);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return lose(v, iovcnt, errno, dir, name, clock);
-    }
+    int budget = stall_left_ms_;
+    ssize_t w = writev_patiently(fd_, v, iovcnt, &budget);
+    stall_left_ms_ = budget < stall_left_ms_ ? budget : kStallMs;  // waits add up while they last
+    if (w < 0) return lose(v, iovcnt, errno, dir, name, clock);
     size_t done = size_t(w);
     while (iovcnt > 0 && done >= v->iov_len) {
       done -= v->iov_len;
@@ -2532,7 +2653,7 @@ WriteReport LogFile::lose(const iovec* iov, int iovcnt, int err, const char* dir
     error_ = err;
     since_ = now_of(clock);
     warn("cannot write %s%s%s: %s; counting the lines lost until writing works again", dir,
-         *dir ? "/" : "", name, strerror(err));
+         *dir ? "/" : "", name, err == EAGAIN ? "its reader has stopped reading" : strerror(err));
   }
   errno = err;
   return r;
@@ -2593,6 +2714,7 @@ bool DailyFile::switch_to(time_t now, char* why, size_t whylen) {
 // before anything else (after the file's own notice, if it owes one).
 WriteReport DailyFile::write(const in6_addr*, const iovec* iov, int iovcnt, const char* preface,
                              size_t preface_len) {
+  if (away_ && closed_) return hand_over(iov, iovcnt);
   if (away_) return keep(iov, iovcnt);
   if (back_) {
     if (file_.owes()) {
@@ -2691,6 +2813,38 @@ WriteReport DailyFile::keep(const iovec* iov, int iovcnt) {
   return r;
 }
 
+// At stop: DIR is tried once more; if it is back, the notice and the kept
+// lines are written as usual; if not, they go to standard error (the
+// journal under systemd) rather than nowhere, and so do any lines after.
+WriteReport DailyFile::close(const char* preface, size_t preface_len) {
+  if (away_ && !closed_) come_back(now_of(clock_).tv_sec);
+  if (!away_) return back_ ? write(nullptr, nullptr, 0, preface, preface_len) : WriteReport();
+  closed_ = true;
+  if (!kept_len_) return WriteReport();
+  warn("log directory %s is still gone at stop: the %zu bytes of lines kept in memory follow "
+       "here", dir_->given, kept_len_);
+  iovec kept = {kept_, kept_len_};
+  WriteReport r = hand_over(&kept, 1);
+  free(kept_);
+  kept_ = nullptr;
+  kept_len_ = 0;
+  return r;
+}
+
+// Lines that can reach no log file, at stop: to standard error, and
+// reported lost from the log.
+WriteReport DailyFile::hand_over(const iovec* iov, int iovcnt) {
+  WriteReport r;
+  r.kind = WriteReport::Kind::lost;
+  r.cause = WriteLoss::no_directory;
+  r.lines = count_lines(iov, iovcnt);
+  for (int i = 0; i < iovcnt; i++) r.bytes += iov[i].iov_len;
+  if (iovcnt > 0 && !to_stderr(iov, iovcnt, 1000))
+    warn("standard error: %s; %llu lines kept for %s are lost", strerror(errno),
+         (unsigned long long)r.lines, dir_->given);
+  return r;
+}
+
 // DIR is back: today's file, which owes the notice of the gap and the
 // kept lines (see write).
 void DailyFile::come_back(time_t now) {
@@ -2703,12 +2857,13 @@ void DailyFile::come_back(time_t now) {
   back_ = true;
 }
 
-bool HostFiles::open(LogDir* dir, unsigned files, time_t now, Clock clock, char* why,
-                     size_t whylen) {
+bool HostFiles::open(LogDir* dir, unsigned files, unsigned newdirs, time_t now, Clock clock,
+                     char* why, size_t whylen) {
   dir_ = dir;
   clock_ = clock;
   today_ = now;
   capacity_ = files;
+  newdirs_ = newdirs;
   open_ = static_cast<HostFile*>(calloc(files, sizeof(HostFile)));
   if (!open_) {
     snprintf(why, whylen, "out of memory for files=%u", files);
@@ -2723,6 +2878,7 @@ HostFiles::~HostFiles() {
   free(open_);
 }
 
+// Closes every file; a slot in a write-error episode stays its host's.
 void HostFiles::close_all() {
   for (unsigned i = 0; i < capacity_; i++) open_[i].file.close_file();
 }
@@ -2733,27 +2889,44 @@ unsigned HostFiles::open_files() const {
   return n;
 }
 
-// The open file of host, or DIR/ADDR/YYYY-MM-DD.log opened in the slot of
-// the least recently written one; null (said on stderr) when it cannot be.
-HostFiles::HostFile* HostFiles::file_for(const in6_addr& host) {
-  HostFile* slot = &open_[0];
-  for (unsigned i = 0; i < capacity_; i++) {
-    HostFile* f = &open_[i];
-    bool open = f->file.fd() >= 0;
-    if (open && !memcmp(&f->host, &host, sizeof host)) {
-      f->last_used = ++uses_;
-      return f;
+// Whether a message with this reason may go to stderr now: one per
+// reason a minute, however many hosts share it.
+bool HostFiles::say(const char* why) {
+  uint32_t cause = 2166136261u;
+  for (const char* p = why; *p; p++) cause = (cause ^ uint8_t(*p)) * 16777619u;
+  time_t now = now_of(clock_).tv_sec;
+  Said* oldest = &said_[0];
+  for (Said& s : said_) {
+    if (s.cause == cause) {
+      if (now - s.at < 60) return false;
+      oldest = &s;
+      break;
     }
-    if (slot->file.fd() >= 0 && (!open || f->last_used < slot->last_used)) slot = f;
+    if (s.at < oldest->at) oldest = &s;
   }
-  slot->file.close_file();
-  int fd = -1;
-  bool cut = false;
-  char addr[kHostNameMax], name[16], why[256];
+  *oldest = Said{cause, now};
+  return true;
+}
+
+// DIR/ADDR/YYYY-MM-DD.log opened (ADDR made if newdirs= allows); -1 with
+// the reason said on stderr, or *capped when newdirs= does not allow it.
+int HostFiles::open_file(const in6_addr& host, char* name, bool* cut, bool* capped) {
+  char addr[kHostNameMax], day[16], why[256];
   format_host(host, addr);
-  log_file_name(today_, name);
-  bool created = mkdirat(dir_->fd, addr, 0750) == 0;
-  int dirfd = openat(dir_->fd, addr, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  log_file_name(today_, day);
+  snprintf(name, kHostNameMax + 16, "%s/%s", addr, day);
+  const int flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+  int fd = -1, dirfd = openat(dir_->fd, addr, flags);
+  bool created = false;
+  if (dirfd < 0 && errno == ENOENT) {
+    if (made_today_ >= newdirs_) {
+      *capped = true;
+      return -1;
+    }
+    created = mkdirat(dir_->fd, addr, 0750) == 0;
+    if (created) made_today_++;
+    dirfd = created || errno == EEXIST ? openat(dir_->fd, addr, flags) : -1;
+  }
   if (dirfd < 0) {
     snprintf(why, sizeof why, "%s", errno == ELOOP || errno == ENOTDIR
                                         ? "is not a directory (or is a symbolic link)"
@@ -2761,31 +2934,76 @@ HostFiles::HostFile* HostFiles::file_for(const in6_addr& host) {
   } else if (created && fchmod(dirfd, 0750) < 0) {
     snprintf(why, sizeof why, "cannot set mode 0750: %s", strerror(errno));
   } else {
-    fd = open_log_file(dirfd, name, dir_->perm, &cut, why, sizeof why);
+    fd = open_log_file(dirfd, day, dir_->perm, cut, why, sizeof why);
   }
-  if (dirfd >= 0) close(dirfd);
-  if (fd < 0) {  // said once, not for every batch of the same host
-    if (!has_failed_ || memcmp(&failed_host_, &host, sizeof host) != 0)
-      warn("cannot open log file %s/%s/%s: %s; its lines go to %s/%s", dir_->path, addr, name,
-           why, dir_->path, daemon_.name());
-    failed_host_ = host;
-    has_failed_ = true;
-    return nullptr;
+  if (dirfd >= 0) ::close(dirfd);
+  if (fd < 0 && say(why))
+    warn("cannot open log file %s/%s: %s; lines of such hosts go to %s/%s (said once a minute)",
+         dir_->path, name, why, dir_->path, daemon_.name());
+  return fd;
+}
+
+// The open file of host, or its file opened in the slot of the least
+// recently written one; null when it cannot be had.
+HostFiles::HostFile* HostFiles::file_for(const in6_addr& host, bool* capped) {
+  HostFile* slot = nullptr;
+  for (unsigned i = 0; i < capacity_; i++) {
+    HostFile* f = &open_[i];
+    if (f->used() && !memcmp(&f->host, &host, sizeof host)) {
+      f->last_used = ++uses_;
+      if (f->file.fd() >= 0) return f;
+      slot = f;  // its episode outlived the file (midnight, SIGHUP): the new one owes the notice
+      break;
+    }
+    if (f->file.failing()) continue;  // kept until its notice is written
+    if (!slot || (slot->used() && (!f->used() || f->last_used < slot->last_used))) slot = f;
   }
+  if (!slot) return nullptr;  // every slot in an episode: the daemon's file
+  bool same = slot->used() && !memcmp(&slot->host, &host, sizeof host);
+  if (!same) {
+    slot->file.close_file();
+    slot->file = LogFile();  // a new file owes nothing of the last one's
+  }
+  bool cut = false;
+  char name[sizeof slot->name];
+  int fd = open_file(host, name, &cut, capped);
+  if (fd < 0) return nullptr;
   slot->file.adopt(fd, cut);
-  snprintf(slot->name, sizeof slot->name, "%s/%s", addr, name);  // for messages
+  memcpy(slot->name, name, sizeof name);
   slot->host = host;
   slot->last_used = ++uses_;
   return slot;
 }
 
-// A host whose file cannot be opened has its lines in the daemon's file:
-// they carry the sender, and nothing is lost.
+// A host whose file cannot be had writes into the daemon's file; beyond
+// newdirs= the first such batch of the day brings a notice.
 WriteReport HostFiles::write(const in6_addr* host, const iovec* iov, int iovcnt,
                              const char* preface, size_t preface_len) {
-  HostFile* f = host ? file_for(*host) : nullptr;
-  if (!f) return daemon_.write(nullptr, iov, iovcnt, preface, preface_len);
-  return f->file.write(iov, iovcnt, preface, preface_len, dir_->path, f->name, clock_);
+  bool capped = false;  // while DIR is gone, every line waits with the daemon's own
+  HostFile* f = host && !daemon_.away() ? file_for(*host, &capped) : nullptr;
+  if (f) return f->file.write(iov, iovcnt, preface, preface_len, dir_->path, f->name, clock_);
+  if (!capped) return daemon_.write(nullptr, iov, iovcnt, preface, preface_len);
+  if (capped_said_ || daemon_.owes()) {  // the daemon's file's own notice comes first
+    WriteReport r = daemon_.write(nullptr, iov, iovcnt, preface, preface_len);
+    if (r.kind != WriteReport::Kind::owes_notice) beyond_newdirs_ += count_lines(iov, iovcnt);
+    return r;
+  }
+  if (!preface) {
+    WriteReport r;
+    r.kind = WriteReport::Kind::owes_notice;
+    r.owed = WriteReport::Owed::host_capped;
+    r.kept = made_today_;
+    r.now = now_of(clock_);
+    return r;
+  }
+  capped_said_ = true;
+  warn("split=host: newdirs=%u new host directories made today; until midnight, lines of "
+       "hosts that have none go to %s/%s", newdirs_, dir_->path, daemon_.name());
+  beyond_newdirs_ += count_lines(iov, iovcnt);
+  iovec notice = {const_cast<char*>(preface), preface_len};
+  WriteReport r = daemon_.write(nullptr, &notice, 1, nullptr, 0);
+  if (r.kind != WriteReport::Kind::written) return also_lost(r, iov, iovcnt);
+  return daemon_.write(nullptr, iov, iovcnt, nullptr, 0);
 }
 
 // Host files are named after the day they are opened in: at midnight they
@@ -2794,6 +3012,7 @@ void HostFiles::tick(time_t now) {
   if (now < daemon_.next_switch()) return;
   daemon_.tick(now);
   close_all();
+  if (now >= next_local_midnight(today_)) made_today_ = 0, capped_said_ = false;
   today_ = now;
 }
 
@@ -2801,6 +3020,36 @@ void HostFiles::reopen(time_t now) {
   daemon_.reopen(now);
   close_all();
   today_ = now;
+}
+
+// At stop: a host file still failing gets its notice in the daemon's file,
+// one per round; then the daemon's file closes.
+WriteReport HostFiles::close(const char* preface, size_t preface_len) {
+  if (closing_ >= 0 && !held_len_ && preface) {
+    held_len_ = preface_len < sizeof held_ ? preface_len : sizeof held_;
+    memcpy(held_, preface, held_len_);
+    preface = nullptr;
+  }
+  if (held_len_) {
+    iovec notice = {held_, held_len_};
+    WriteReport r = daemon_.write(nullptr, &notice, 1, preface, preface_len);
+    if (r.kind == WriteReport::Kind::owes_notice) return r;
+    open_[closing_].file.close_file();
+    open_[closing_].file = LogFile();
+    closing_ = -1;
+    held_len_ = 0;
+    if (r.kind == WriteReport::Kind::lost) return r;
+    preface = nullptr;
+  }
+  for (unsigned i = 0; i < capacity_; i++) {
+    if (!open_[i].file.failing()) continue;
+    closing_ = int(i);
+    WriteReport r = open_[i].file.owed(clock_);
+    r.file = open_[i].name;
+    r.cut = false;  // that file's last line, not the one before the notice here
+    return r;
+  }
+  return daemon_.close(preface, preface_len);
 }
 
 WriteReport StdoutSink::write(const in6_addr*, const iovec* iov, int iovcnt, const char* preface,
@@ -2826,6 +3075,7 @@ namespace {
 // are dropped; a failure is said once and never stops the daemon.
 struct Notifier {
   int fd = -1;
+  uint64_t lost = 0;  // messages systemd did not take (never waited for)
 };
 
 void notify_open(Notifier* n) {
@@ -2850,14 +3100,22 @@ void notify_open(Notifier* n) {
   unsetenv("NOTIFY_SOCKET");
 }
 
-void notify(const Notifier& n, const char* fmt, ...) {
-  if (n.fd < 0) return;
+// Never waits: a manager that does not read must not stall the loop.
+void notify(Notifier* n, const char* fmt, ...) {
+  if (n->fd < 0) return;
   char msg[1024];
   va_list ap;
   va_start(ap, fmt);
   int len = vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  if (len > 0) send(n.fd, msg, size_t(len) < sizeof msg ? size_t(len) : sizeof msg - 1, MSG_NOSIGNAL);
+  if (len <= 0) return;
+  if (send(n->fd, msg, size_t(len) < sizeof msg ? size_t(len) : sizeof msg - 1,
+           MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+    if (n->lost++ == 0) warn("NOTIFY_SOCKET: %s; not waiting for it", strerror(errno));
+  } else if (n->lost) {
+    warn("NOTIFY_SOCKET: %llu messages to systemd were not taken", (unsigned long long)n->lost);
+    n->lost = 0;
+  }
 }
 
 // ------------------------------------------------------------- privileges
@@ -2915,12 +3173,19 @@ struct Server {
   Clock clock = wall_clock;
 };
 
-void trace_to_stderr(const char* line) { fprintf(stderr, "udplogger: %s\n", line); }
+void trace_to_stderr(const char* line) { warn("%s", line); }
 
-int64_t monotonic_ns() {
-  timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return int64_t(t.tv_sec) * 1000000000 + t.tv_nsec;
+// Standard output and error into a pipe or socket are written without
+// blocking (see writev_patiently): a reader that stops reading must not
+// stop the loop.  Only this process writes to them there; a terminal or
+// file is shared with others and left as it is.
+void nonblocking_stdio() {
+  for (int fd = STDOUT_FILENO; fd <= STDERR_FILENO; fd++) {
+    struct stat st;
+    int flags = fcntl(fd, F_GETFL);
+    if (fstat(fd, &st) == 0 && flags >= 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)))
+      fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+  }
 }
 
 int milliseconds_until(const timespec& due, const timespec& now) {
@@ -2980,7 +3245,8 @@ void describe_start(const Server& s, char* out, size_t len) {
                        o.perm, word_of("stamp", int(o.stamp)), word_of("split", int(o.split)),
                        word_of("eol", int(o.eol)), word_of("dict", int(o.dict))));
   if (n < len && o.allow.count) n += size_t(snprintf(out + n, len - n, " allow=%s", o.allow.given));
-  if (n < len && o.split == Split::host) n += size_t(snprintf(out + n, len - n, " files=%u", o.files));
+  if (n < len && o.split == Split::host)
+    n += size_t(snprintf(out + n, len - n, " files=%u newdirs=%u", o.files, o.newdirs));
   if (n < len && o.uid >= 0) n += size_t(snprintf(out + n, len - n, " uid=%ld", o.uid));
   if (n < len && o.gid >= 0) n += size_t(snprintf(out + n, len - n, " gid=%ld", o.gid));
   if (n < len && o.reuseport) n += size_t(snprintf(out + n, len - n, " reuseport=1"));
@@ -3014,7 +3280,7 @@ void setup(Server* s, const Options& o, Clock clock) {
     s->stdout_sink.open(clock);
     s->sink = &s->stdout_sink;
   } else if (o.split == Split::host) {
-    if (!s->hosts.open(&s->dir, o.files, now, clock, why, sizeof why)) die("%s", why);
+    if (!s->hosts.open(&s->dir, o.files, o.newdirs, now, clock, why, sizeof why)) die("%s", why);
     s->sink = &s->hosts;
   } else {
     if (!s->daily.open(&s->dir, now, clock, why, sizeof why)) die("%s", why);
@@ -3042,10 +3308,11 @@ void setup(Server* s, const Options& o, Clock clock) {
   describe_start(*s, start, sizeof start);
   fprintf(o.to_stdout() ? stderr : stdout, "udplogger %s: %s\n", kVersion, start);
   fflush(o.to_stdout() ? stderr : stdout);
+  nonblocking_stdio();
   // The log itself says when the daemon began listening (and, at exit, when
   // it stopped), so a gap in the log is never a silent one.
   s->core.notice(clock(), "started (version %s): %s", kVersion, start);
-  notify(s->notifier, "READY=1\nSTATUS=%s", start);
+  notify(&s->notifier, "READY=1\nSTATUS=%s", start);
 }
 
 // The statistics line, into the log (after `why`) and on stderr, and a
@@ -3057,16 +3324,21 @@ void report_stats(Server* s, const char* why) {
   uint64_t lines = 0, bytes = 0;
   for (int c = 0; c < WriteLoss::kCauses; c++) lines += w.lines[c], bytes += w.bytes[c];
   size_t n = strlen(line);
-  snprintf(line + n, sizeof line - n, " unwritten_lines=%llu unwritten_bytes=%llu (disk_full=%llu "
-           "quota=%llu io=%llu no_directory=%llu other=%llu)", (unsigned long long)lines,
-           (unsigned long long)bytes, (unsigned long long)w.lines[WriteLoss::disk_full],
+  n += size_t(snprintf(line + n, sizeof line - n, " unwritten_lines=%llu unwritten_bytes=%llu "
+           "(disk_full=%llu quota=%llu io=%llu no_directory=%llu stalled=%llu other=%llu)",
+           (unsigned long long)lines, (unsigned long long)bytes,
+           (unsigned long long)w.lines[WriteLoss::disk_full],
            (unsigned long long)w.lines[WriteLoss::quota], (unsigned long long)w.lines[WriteLoss::io],
            (unsigned long long)w.lines[WriteLoss::no_directory],
-           (unsigned long long)w.lines[WriteLoss::other]);
+           (unsigned long long)w.lines[WriteLoss::stalled],
+           (unsigned long long)w.lines[WriteLoss::other]));
+  if (s->opts.split == Split::host && n < sizeof line)
+    snprintf(line + n, sizeof line - n, " beyond_newdirs=%llu",
+             (unsigned long long)s->hosts.beyond_newdirs());
   s->core.notice(s->clock(), "%s%s", why, line);
   warn("%s%s", why, line);
   const Stats& t = s->core.stats();
-  notify(s->notifier, "STATUS=%llu datagrams, %llu lines from %zu senders; %llu kernel drops",
+  notify(&s->notifier, "STATUS=%llu datagrams, %llu lines from %zu senders; %llu kernel drops",
          (unsigned long long)t.datagrams, (unsigned long long)t.lines, s->core.senders(),
          (unsigned long long)t.kernel_drops);
 }
@@ -3219,9 +3491,9 @@ int loop(Server* s) {
       return 0;
     }
     if (stop) {  // take what is queued, write every partial line, leave
-      notify(s->notifier, "STOPPING=1");
+      notify(&s->notifier, "STOPPING=1");
       drain_for_stop(s);
-      s->core.expire(s->clock(), true);
+      s->core.stop(s->clock());
       report_stats(s, stop == SIGTERM ? "stopped by SIGTERM; " : "stopped by SIGINT; ");
       return 0;
     }
@@ -3240,6 +3512,7 @@ ul::Server server;
 int main(int argc, char** argv) {
   // Started with 0, 1 or 2 closed, the log file would become one of them and
   // messages would land in it: hold them on /dev/null.
+  bool stdout_closed = fcntl(STDOUT_FILENO, F_GETFD) < 0;
   for (int fd = 0; fd <= 2; fd++)
     if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", O_RDWR) < 0) break;
   ul::Options opts;
@@ -3259,6 +3532,10 @@ int main(int argc, char** argv) {
       return 2;
     case ul::ParseStatus::ok:
       break;
+  }
+  if (opts.to_stdout() && stdout_closed) {  // every line would be lost, counted as written
+    fprintf(stderr, "udplogger: dir=-: standard output is closed\n");
+    return 1;
   }
   ul::setup(&server, opts, ul::wall_clock);
   return ul::loop(&server);

@@ -45,6 +45,8 @@ struct AllowList {
   bool allows(const in6_addr& a) const;
 };
 
+constexpr size_t kPathMax = 4096;  // dir= and where it is found, with the final NUL
+
 struct Options {
   const char* ip = nullptr;  // null: dual-stack any address
   unsigned port = 6666;
@@ -62,6 +64,7 @@ struct Options {
   StampStyle stamp = StampStyle::classic;
   Split split = Split::none;
   unsigned files = 64;         // split=host: log files open at once
+  unsigned newdirs = 4096;     // split=host: host directories made a day
   unsigned debug = 0;          // 1: trace every datagram on stderr
   unsigned reuseport = 0;      // 1: SO_REUSEPORT, several processes on one port
   unsigned long partials = 4UL << 20;  // bytes all partial lines may hold at once
@@ -91,6 +94,8 @@ struct Datagram {
   const char* data;            // valid until Core::datagrams returns
   size_t len;
   bool truncated;              // cut to fit the receive slot
+  bool spoofed_v4 = false;     // IPv6, from a v4-mapped address: not an IPv4
+                               // sender, refused
 };
 
 // The shell's clock: wall time now.  Tests give the sinks a fake one.
@@ -100,7 +105,8 @@ using Clock = timespec (*)();
 
 // What could not be written, by cause.
 struct WriteLoss {
-  enum Cause { disk_full, quota, io, no_directory, other, kCauses };
+  // stalled: a pipe's reader stopped reading (dir=-).
+  enum Cause { disk_full, quota, io, no_directory, stalled, other, kCauses };
   uint64_t lines[kCauses] = {}, bytes[kCauses] = {};
 };
 
@@ -117,6 +123,8 @@ struct WriteReport {
     write_failed,    // `lines` (`bytes`) could not be written since `since`: error `err`
     directory_back,  // `dir` could not be used since `since` (`why`); `kept` bytes follow,
                      // `lines` (`bytes`) beyond them were lost
+    host_capped,     // split=host: `lines` of hosts beyond newdirs= (`kept`) new
+                     // directories today go to the daemon's file from now on
   };
   Kind kind = Kind::written;
   Owed owed = Owed::cut_found;
@@ -129,6 +137,8 @@ struct WriteReport {
   timespec now = {0, 0};   // when the notice is due
   const char* dir = nullptr;
   const char* why = nullptr;
+  const char* file = nullptr;  // write_failed: the file the notice is about, when the
+                               // notice cannot go into that file itself
 };
 
 // Where finished lines go: the daily file, per-host daily files, standard
@@ -147,6 +157,14 @@ class Sink {
   virtual time_t next_switch() const { return 0; }
   // True when writing can no longer succeed (stdout's reader went away).
   virtual bool gone() const { return false; }
+  // At stop, after the last lines: what the sink still owes or holds, as
+  // write() does with a batch.  Called again until it reports written;
+  // lines that can reach no log file go to standard error, reported lost.
+  // Lines written after it reaches no log file go there too.
+  virtual WriteReport close(const char* preface, size_t preface_len) {
+    (void)preface, (void)preface_len;
+    return WriteReport();
+  }
 
  protected:
   ~Sink() = default;  // never deleted through a Sink* (no operator delete: libc alone)
@@ -197,6 +215,9 @@ class Core {
   // The sink switched files (midnight, SIGHUP): a notice it owes is written
   // now, and each sender's next record carries its dictionary again.
   void files_changed();
+  // At stop: every partial line and record written, then the sink closed
+  // (Sink::close), what reached no log file counted in losses().
+  void stop(const timespec& now);
   // "udplogger: text" in the daemon's own log, written at once.
   void notice(const timespec& now, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
   // debug=1: fn gets one line (no newline) per datagram saying what
@@ -351,6 +372,8 @@ class Output {
   // A sink that owes a notice with nothing to write (its directory came
   // back): it gets its chance now.
   void settle() { deliver(nullptr, nullptr, 0); }
+  // At stop: the sink closed (Sink::close), asked again until it is done.
+  void close();
   // A line starts: making room later writes the lines before it, not a
   // part of it.
   void begin_line();
@@ -363,6 +386,7 @@ class Output {
   void push(const char* p, size_t len);
   void switch_host(const in6_addr* host);
   void deliver(const in6_addr* host, const iovec* iov, int iovcnt);
+  void count(const WriteReport& r);
 
   static constexpr int kMaxIov = 1024;
   iovec iov_[kMaxIov];
@@ -739,6 +763,7 @@ class Assembler {
   uint64_t refused_unreported_ = 0;
   in6_addr refused_addr_;
   uint16_t refused_port_ = 0;
+  bool refused_spoofed_ = false;  // the last was an IPv6 datagram from a v4-mapped address
   timespec refused_notice_at_ = {0, 0};
   TraceFn trace_ = nullptr;
 };
@@ -782,15 +807,19 @@ class Pacer {
 // too.  dir and name are for messages on stderr.
 class LogFile {
  public:
+  // A reader of standard output may stop reading: writes wait for it at
+  // most this long in all, then count what they lose until it reads again.
+  static constexpr int kStallMs = 500;
   void adopt(int fd, bool cut);  // cut: the file does not end in a newline
   void close_file();
   int fd() const { return fd_; }
   bool owes() const { return failing_ || found_cut_; }  // a notice before the next lines
+  bool failing() const { return failing_; }
   WriteReport write(const iovec* iov, int iovcnt, const char* preface, size_t preface_len,
                     const char* dir, const char* name, Clock clock);
+  WriteReport owed(Clock clock) const;  // the notice owes() says is due
 
  private:
-  WriteReport owed(Clock clock) const;
   bool mend(const char* preface, size_t preface_len, const char* dir, const char* name);
   WriteReport lose(const iovec* iov, int iovcnt, int err, const char* dir, const char* name,
                    Clock clock);
@@ -800,6 +829,7 @@ class LogFile {
   bool found_cut_ = false;    // ... and the file was found that way
   bool failing_ = false;      // in a write-error episode
   int error_ = 0;
+  int stall_left_ms_ = kStallMs;
   uint64_t lost_lines_ = 0, lost_bytes_ = 0;
   timespec since_ = {0, 0};
 };
@@ -808,8 +838,8 @@ class LogFile {
 // following symbolic links, and only if they are safe to append to.
 struct LogDir {
   int fd = -1;
-  char given[4096];   // dir= as given: looked up again on SIGHUP and at midnight
-  char path[4096];    // where it was found, for messages
+  char given[kPathMax];  // dir= as given: looked up again on SIGHUP and at midnight
+  char path[kPathMax];   // where it was found, for messages
   unsigned perm = 0600;
 };
 
@@ -844,12 +874,16 @@ class DailyFile : public Sink {
   void tick(time_t now) override;
   void reopen(time_t now) override;
   time_t next_switch() const override { return away_ ? retry_at_ : next_switch_; }
+  WriteReport close(const char* preface, size_t preface_len) override;
   const char* name() const { return name_; }
+  bool owes() const { return back_ || file_.owes(); }  // a notice before the next lines
+  bool away() const { return away_; }  // DIR is gone: lines are kept
 
  private:
   bool switch_to(time_t now, char* why, size_t whylen);
   void go_away(time_t now, const char* why);
   WriteReport keep(const iovec* iov, int iovcnt);
+  WriteReport hand_over(const iovec* iov, int iovcnt);
   void come_back(time_t now);
   LogDir* dir_ = nullptr;
   Clock clock_ = nullptr;
@@ -859,6 +893,7 @@ class DailyFile : public Sink {
   // While DIR is gone: since when, why, the lines kept and those lost;
   // back_: it is back, and the notice and the kept lines are owed.
   bool away_ = false, back_ = false;
+  bool closed_ = false;  // stopping: with DIR away, lines go to standard error
   time_t away_since_ = 0, retry_at_ = 0;
   char away_why_[128] = "";
   char* kept_ = nullptr;
@@ -868,27 +903,37 @@ class DailyFile : public Sink {
 
 // split=host: DIR/ADDR/YYYY-MM-DD.log per sender address, the daemon's own
 // lines in DIR/YYYY-MM-DD.log; at most `files` host files open at once,
-// the least recently written closed first.
+// the least recently written closed first, and at most `newdirs` host
+// directories made a day.  A host whose file cannot be had writes into
+// the daemon's file: its lines carry the sender, nothing is lost.  A file
+// in a write-error episode keeps its slot until the notice is written in
+// it, or, at stop, in the daemon's file.
 class HostFiles : public Sink {
  public:
-  bool open(LogDir* dir, unsigned files, time_t now, Clock clock, char* why, size_t whylen);
+  bool open(LogDir* dir, unsigned files, unsigned newdirs, time_t now, Clock clock, char* why,
+            size_t whylen);
   ~HostFiles();
   WriteReport write(const in6_addr* host, const iovec* iov, int iovcnt, const char* preface,
                     size_t preface_len) override;
   void tick(time_t now) override;
   void reopen(time_t now) override;
   time_t next_switch() const override { return daemon_.next_switch(); }
+  WriteReport close(const char* preface, size_t preface_len) override;
   const char* name() const { return daemon_.name(); }
   unsigned open_files() const;
+  uint64_t beyond_newdirs() const { return beyond_newdirs_; }  // lines, to the daemon's file
 
  private:
   struct HostFile {
     in6_addr host;
-    LogFile file;        // fd -1: slot free
+    LogFile file;        // fd -1 and not failing: slot free
     uint64_t last_used;
     char name[kHostNameMax + 16];  // "ADDR/YYYY-MM-DD.log", for messages
+    bool used() const { return file.fd() >= 0 || file.failing(); }
   };
-  HostFile* file_for(const in6_addr& host);
+  HostFile* file_for(const in6_addr& host, bool* capped);
+  int open_file(const in6_addr& host, char* name, bool* cut, bool* capped);
+  bool say(const char* why);
   void close_all();
 
   const LogDir* dir_ = nullptr;
@@ -898,8 +943,16 @@ class HostFiles : public Sink {
   unsigned capacity_ = 0;
   uint64_t uses_ = 0;
   time_t today_ = 0;   // the day host files are named after
-  bool has_failed_ = false;
-  in6_addr failed_host_;  // the last host whose file could not be opened
+  unsigned newdirs_ = 0, made_today_ = 0;
+  bool capped_said_ = false;  // today's notice that newdirs= was reached
+  uint64_t beyond_newdirs_ = 0;
+  struct Said {
+    uint32_t cause;    // a hash of the message's reason; 0: unused
+    time_t at;
+  } said_[8] = {};     // stderr: one line per cause a minute
+  int closing_ = -1;   // at stop: the slot whose notice is being written
+  char held_[2048];    // ... that notice
+  size_t held_len_ = 0;
 };
 
 // dir=-: lines to standard output, written after every batch.

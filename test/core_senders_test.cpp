@@ -67,6 +67,20 @@ TEST_CASE("syslog: a <N> datagram continuing a partial line joins it") {
   CHECK(c.text().find(p1 + "<4>whole\n") != std::string::npos);
 }
 
+TEST_CASE("eol=auto: a legacy netconsole line in 1000-byte pieces (console_msg_format=syslog) is one line") {
+  Core c;
+  std::string line = "<4>[  812.123456] " + std::string(1800, 'x') + "\n";  // 1,818 bytes
+  c.feed("10.0.0.1", 514, line.substr(0, 1000), T0);
+  CHECK(c.text() == "");  // a piece: the next one finishes the line
+  c.feed("10.0.0.1", 514, line.substr(1000), T0);
+  CHECK(c.text() == p1 + line);
+  // Any other <N> datagram without a newline is still one message.
+  Core d;
+  d.feed("10.0.0.1", 514, "<13>" + std::string(995, 'y'), T0);
+  d.feed("10.0.0.1", 514, "<13>" + std::string(997, 'z'), T0);
+  CHECK(d.text() == p1 + "<13>" + std::string(995, 'y') + "\n" + p1 + "<13>" + std::string(997, 'z') + "\n");
+}
+
 TEST_CASE("eol=newline is 1.1: a <N> datagram waits for its newline or the timeout") {
   Core c(with({"eol=newline"}));
   c.feed("10.0.0.1", 514, "<13>one", T0);
@@ -251,6 +265,36 @@ TEST_CASE("allow=: networks of both families, hosts, v4-mapped senders") {
   CHECK(v6all.allow.allows(v6("2001:db9::5")));
   Options mapped = with({"allow=::ffff:10.0.0.0/104"});
   CHECK(mapped.allow.allows(v4("10.1.2.3")));
+}
+
+TEST_CASE("allow=: an IPv6 datagram from a v4-mapped address is no IPv4 sender: refused, said so") {
+  for (const char* allow : {"allow=10.0.0.0/8", "allow=0.0.0.0/0", "allow=::/0", "allow=10.1.2.3"}) {
+    CAPTURE(allow);
+    Core c(with({allow}));
+    ul::Datagram d{};
+    std::string text = "claims to be 10.1.2.3\n";
+    d.addr = v4("10.1.2.3");
+    d.port = 5000;
+    d.when = at(T0);
+    d.data = text.data();
+    d.len = text.size();
+    d.spoofed_v4 = true;
+    c.asm_.datagram(d);
+    CHECK(c.asm_.senders() == 0);
+    CHECK(c.asm_.stats().refused == 1);
+    CHECK(c.text() == "2026-11-22 03:00:00 udplogger: refused 1 datagram from senders not in allow= "
+                      "or from IPv6 senders claiming an IPv4 address, the last from "
+                      "[::ffff:10.1.2.3]:5000 (counted; reported at most once a minute)\n");
+  }
+  Core none;  // no allow= at all: still refused
+  ul::Datagram d{};
+  d.addr = v4("10.1.2.3");
+  d.data = "x\n";
+  d.len = 2;
+  d.when = at(T0);
+  d.spoofed_v4 = true;
+  none.asm_.datagram(d);
+  CHECK(none.asm_.stats().refused == 1);
 }
 
 TEST_CASE("allow=: bad lists are errors naming allow") {

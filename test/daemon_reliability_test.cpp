@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <dirent.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -249,3 +250,202 @@ TEST_CASE("directories: dir= removed, then SIGHUP: lines wait in memory and foll
   rename(moved.c_str(), (top + ".old").c_str());
 }
 
+
+// ------------------------------------------------------------- round two
+
+TEST_CASE("directories: a stop while dir= is gone: the kept lines go to stderr, counted, never dropped") {
+  for (std::string split : {"split=none", "split=host"}) {
+    CAPTURE(split);
+    std::string top = make_temp_dir();
+    Daemon d({split}, {}, top);
+    REQUIRE(d.running());
+    Sender s;
+    s.send(d.port_, "before\n");
+    REQUIRE(wait_for([&] {  // in DIR, or with split=host in DIR/127.0.0.1
+      return (all_logs(top) + all_logs(top + "/127.0.0.1")).find(" before\n") != std::string::npos;
+    }));
+    REQUIRE(rename(top.c_str(), (top + ".gone").c_str()) == 0);
+    std::string err_path = top.substr(0, top.rfind('/')) + "/stderr";
+    d.signal(SIGHUP);
+    REQUIRE(wait_for([&] { return read_file(err_path).find("cannot use log directory") != std::string::npos; }));
+    for (int i = 0; i < 500; i++) s.send(d.port_, "while gone " + std::to_string(i) + "\n");
+    REQUIRE(wait_for([&] {  // all 500 taken in (the statistics notice is kept too)
+      d.signal(SIGUSR1);
+      usleep(50000);
+      return read_file(err_path).find(" datagrams=501 ") != std::string::npos;
+    }));
+    CHECK(d.stop() == 0);
+    std::string err = read_file(err_path);
+    INFO("stderr ends: " << err.substr(err.size() > 800 ? err.size() - 800 : 0));
+    CHECK(count_of(err, " while gone ") == 500);
+    CHECK(err.find("is still gone at stop: the ") != std::string::npos);
+    // Every kept line (the 500 and the SIGUSR1 statistics) counted as not in the log.
+    CHECK(err.find("udplogger: stopped by SIGTERM; statistics: ") != std::string::npos);
+    CHECK(err.find(" unwritten_lines=501 ") != std::string::npos);
+    CHECK(err.find(" no_directory=501 ") != std::string::npos);
+    rename((top + ".gone").c_str(), (top + ".old").c_str());
+  }
+}
+
+TEST_CASE("split=host: a full disk under one host: its loss in a notice naming its file, nowhere else" *
+          skip_unless(is_root(), "split=host: a full disk", "not root: mounting a small tmpfs needs root")) {
+  std::string dir = make_temp_dir();
+  std::string five = dir + "/127.0.0.5";
+  REQUIRE(mkdir(five.c_str(), 0750) == 0);
+  REQUIRE(mount("udplogger-test", five.c_str(), "tmpfs", 0, "size=64k,mode=0750") == 0);
+  REQUIRE(run_command("dd if=/dev/zero of=" + five + "/filler bs=4k count=16 2>/dev/null").status != 2);
+  {
+    Daemon d({"split=host", "files=2"}, {}, dir);
+    REQUIRE(d.running());
+    Sender a("127.0.0.5"), b("127.0.0.6"), c("127.0.0.7");
+    for (int i = 0; i < 20; i++) {
+      a.send(d.port_, "five " + std::to_string(i) + "\n");
+      b.send(d.port_, "six " + std::to_string(i) + "\n");
+      c.send(d.port_, "seven " + std::to_string(i) + "\n");
+      usleep(2000);  // one host per batch: the slots change hands each time
+    }
+    REQUIRE(wait_for([&] {
+      return count_of(all_logs(dir + "/127.0.0.7"), " seven ") == 20 &&
+             count_of(all_logs(dir + "/127.0.0.6"), " six ") == 20;
+    }));
+    CHECK(d.stop() == 0);
+    std::string own = all_logs(dir);
+    INFO("the daemon's file:\n" << own << "stderr:\n" << d.err());
+    CHECK(all_logs(dir + "/127.0.0.6").find("udplogger") == std::string::npos);
+    CHECK(all_logs(dir + "/127.0.0.7").find("udplogger") == std::string::npos);
+    CHECK(std::regex_search(own, std::regex("udplogger: 127\\.0\\.0\\.5/[0-9-]{10}\\.log: 20 lines "
+                                            "\\([0-9]+ bytes\\) could not be written since [0-9: -]{19}: "
+                                            "No space left on device\n")));
+    CHECK(count_of(d.err(), "cannot write ") == 1);  // once per episode
+    CHECK(d.err().find("(disk_full=20 ") != std::string::npos);
+  }
+  umount(five.c_str());
+}
+
+TEST_CASE("split=host: newdirs= bounds the directories a flood of addresses can make") {
+  Daemon d({"split=host", "newdirs=10"});
+  REQUIRE(d.running());
+  for (int i = 1; i <= 100; i++) {
+    Sender s(("127.0.9." + std::to_string(i)).c_str());
+    s.send(d.port_, "from " + std::to_string(i) + "\n");
+  }
+  REQUIRE(wait_for([&] { return count_of(all_logs(d.dir_), " from ") == 90; }));
+  DIR* dir = opendir(d.dir_.c_str());
+  size_t dirs = 0;
+  while (dirent* e = readdir(dir)) dirs += e->d_type == DT_DIR && e->d_name[0] != '.';
+  closedir(dir);
+  CHECK(dirs == 10);
+  CHECK(count_of(all_logs(d.dir_), "udplogger: split=host: 10 new host directories made today") == 1);
+  CHECK(d.stop() == 0);
+  CHECK(d.err().find(" beyond_newdirs=90") != std::string::npos);
+  CHECK(count_of(d.err(), "newdirs=10 new host directories made today") == 1);
+}
+
+namespace {
+
+// Starts udplogger with stdout and stderr into pipes nobody reads; returns
+// its pid, the read ends in *out and *err.
+pid_t spawn_unread(const std::vector<std::string>& args, int* out, int* err) {
+  std::string path = udplogger_path();
+  int o[2], e[2];
+  REQUIRE(pipe2(o, O_CLOEXEC) == 0);
+  REQUIRE(pipe2(e, O_CLOEXEC) == 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(o[1], 1);
+    dup2(e[1], 2);
+    std::vector<char*> argv{const_cast<char*>(path.c_str())};
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(path.c_str(), argv.data());
+    _exit(127);
+  }
+  close(o[1]);
+  close(e[1]);
+  *out = o[0];
+  *err = e[0];
+  return pid;
+}
+
+std::string drain(int fd) {
+  std::string s;
+  char buf[65536];
+  fcntl(fd, F_SETFL, O_NONBLOCK);
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof buf)) > 0) s.append(buf, size_t(n));
+  return s;
+}
+
+// Seconds from SIGTERM to pid's exit (killed after 10).
+double seconds_to_stop(pid_t pid, int* status) {
+  double t0 = now_seconds();
+  kill(pid, SIGTERM);
+  if (!wait_for([&] { return waitpid(pid, status, WNOHANG) == pid; }, 10)) {
+    kill(pid, SIGKILL);
+    waitpid(pid, status, 0);
+  }
+  return now_seconds() - t0;
+}
+
+}  // namespace
+
+TEST_CASE("readers that stop reading: dir=- into a pipe, stderr under debug=1; SIGTERM within a second") {
+  for (bool debug : {false, true}) {
+    CAPTURE(debug);
+    std::string dir = make_temp_dir();
+    int port = free_udp_port();
+    std::vector<std::string> args{"port=" + std::to_string(port), debug ? "dir=" + dir : "dir=-"};
+    if (debug) args.push_back("debug=1");
+    int out = -1, err = -1;
+    pid_t pid = spawn_unread(args, &out, &err);
+    // Up: the start-up line, read off whichever pipe has it.
+    std::string first;
+    REQUIRE(wait_for([&] {
+      first += drain(debug ? out : err);
+      return first.find("listening on") != std::string::npos;
+    }));
+    Sender s;
+    const int n = 5000;
+    for (int i = 0; i < n; i++) s.send(port, "line " + std::to_string(i) + " " + std::string(100, 'x') + "\n");
+    usleep(700000);  // the pipe (64 KiB) is full long before this
+    int status = 0;
+    double took = seconds_to_stop(pid, &status);
+    MESSAGE("SIGTERM to exit: " << took << " s");
+    CHECK(took < 1.5);
+    CHECK(WIFEXITED(status));
+    std::string o = drain(out), e = drain(err);
+    close(out);
+    close(err);
+    if (debug) {  // the log itself lost nothing
+      CHECK(count_of(all_logs(dir), " line ") + kernel_drops_in(all_logs(dir)) == size_t(n));
+    } else {  // what did not fit the pipe is counted as stalled
+      std::smatch m;
+      REQUIRE(std::regex_search(e, m, std::regex(" stalled=([0-9]+) ")));
+      MESSAGE("written to the pipe " << count_of(o, " line ") << ", stalled " << m[1]);
+      CHECK(std::stoul(m[1]) > 0);
+      CHECK(e.find("cannot write standard output: its reader has stopped reading") != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("options: dir= longer than a path, and dir=- with standard output closed, are refused") {
+  Exit e = run_udplogger({"dir=/" + std::string(4200, 'd')});
+  CHECK(e.status == 2);
+  CHECK(e.err == "udplogger: dir=/ddddddddddddddddddddddddddddddddddddddd...: 4201 bytes long "
+                 "(allowed: at most 4095)\n");
+  std::string err = make_temp_dir() + "/err";
+  pid_t pid = fork();
+  if (pid == 0) {
+    int fd = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, 2);
+    close(fd);
+    close(1);
+    std::string path = udplogger_path(), port = "port=" + std::to_string(free_udp_port());
+    execl(path.c_str(), path.c_str(), "dir=-", port.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  int st = 0;
+  REQUIRE(wait_for([&] { return waitpid(pid, &st, WNOHANG) == pid; }));
+  CHECK(WEXITSTATUS(st) == 1);
+  CHECK(read_file(err) == "udplogger: dir=-: standard output is closed\n");
+}

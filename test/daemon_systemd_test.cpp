@@ -224,3 +224,64 @@ TEST_CASE("options: GNU style --key value, as well as key=value and --key=value"
   CHECK(e.status == 2);
   CHECK(e.err == "udplogger: port=0: out of range (allowed: 1..65535)\n");
 }
+
+TEST_CASE("activation: an inherited socket that is not bound is refused, and so is LISTEN_FDS=1x") {
+  std::string dir = make_temp_dir();
+  std::string err = dir + "/../stderr";
+  int unbound = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  pid_t pid = start_activated(unbound, {"dir=" + dir}, err);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  close(unbound);
+  CHECK(WEXITSTATUS(st) == 1);
+  CHECK(read_file(err) == "udplogger: socket activation: fd 3 is not bound to a port "
+                          "(ListenDatagram= in the .socket unit)\n");
+  int port = 0;
+  int held = held_socket(&port);
+  pid = fork();
+  if (pid == 0) {
+    dup2(held, 3);
+    int o = open("/dev/null", O_WRONLY);
+    dup2(o, 1);
+    int e2 = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(e2, 2);
+    setenv("LISTEN_FDS", "1x", 1);
+    setenv("LISTEN_PID", std::to_string(getpid()).c_str(), 1);
+    std::string path = udplogger_path(), d = "dir=" + dir;
+    execl(path.c_str(), path.c_str(), d.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  waitpid(pid, &st, 0);
+  close(held);
+  CHECK(WEXITSTATUS(st) == 1);
+  CHECK(read_file(err) == "udplogger: socket activation: LISTEN_FDS=1x: expected a number of UDP "
+                          "sockets, 1..16\n");
+}
+
+TEST_CASE("notify: a NOTIFY_SOCKET nobody reads never stalls the loop") {
+  std::string dir = make_temp_dir();
+  std::string path = dir + "/../notify-unread";
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_un sa = {};
+  sa.sun_family = AF_UNIX;
+  strncpy(sa.sun_path, path.c_str(), sizeof sa.sun_path - 1);
+  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
+  Daemon d({}, {"NOTIFY_SOCKET=" + path}, dir);
+  REQUIRE(d.running());
+  // Statuses until the socket's queue is full: then the next one would block.
+  for (int i = 0; i < 2000 && d.err().find("NOTIFY_SOCKET: ") == std::string::npos; i++) {
+    d.signal(SIGUSR1);
+    if (i % 50 == 49) usleep(20000);
+  }
+  REQUIRE(wait_for([&] { return d.err().find("NOTIFY_SOCKET: Resource temporarily unavailable; "
+                                             "not waiting for it") != std::string::npos; }));
+  Sender s;
+  for (int i = 0; i < 50; i++) s.send(d.port_, "after " + std::to_string(i) + "\n");
+  bool all = wait_for([&] { return count_of(d.log(), " after ") == 50; });
+  INFO("lines written: " << count_of(d.log(), " after "));
+  CHECK(all);
+  double t0 = now_seconds();
+  CHECK(d.stop() == 0);
+  CHECK(now_seconds() - t0 < 2.0);
+  close(fd);
+}

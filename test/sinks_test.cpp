@@ -215,7 +215,7 @@ TEST_CASE("sink: split=host files per address, at most files= open, daemon lines
   ul::LogDir d = open_dir(dir);
   ul::HostFiles h;
   char why[512];
-  REQUIRE(h.open(&d, 3, T0, nullptr, why, sizeof why));
+  REQUIRE(h.open(&d, 3, 4096, T0, nullptr, why, sizeof why));
   std::vector<in6_addr> hosts;
   for (int i = 1; i <= 10; i++) hosts.push_back(v4(("192.0.2." + std::to_string(i)).c_str()));
   hosts.push_back(v6("2001:db8::1"));
@@ -257,7 +257,7 @@ TEST_CASE("sink: a host directory that is a symbolic link is refused; lines kept
   ul::LogDir d = open_dir(dir);
   ul::HostFiles h;
   char why[512];
-  REQUIRE(h.open(&d, 4, T0, nullptr, why, sizeof why));
+  REQUIRE(h.open(&d, 4, 4096, T0, nullptr, why, sizeof why));
   in6_addr host = v4("192.0.2.66");
   iovec v = piece("2026-11-22 03:00:00 192.0.2.66:1 evil\n");
   std::string err = stderr_of([&] {
@@ -265,8 +265,155 @@ TEST_CASE("sink: a host directory that is a symbolic link is refused; lines kept
   });
   CHECK(err == "udplogger: cannot open log file " + std::string(d.path) +
                    "/192.0.2.66/2026-11-22.log: is not a directory (or is a symbolic link); "
-                   "its lines go to " + d.path + "/2026-11-22.log\n");  // once, not per batch
+                   "lines of such hosts go to " + d.path + "/2026-11-22.log (said once a minute)\n");
   CHECK(count_of(read_file(dir + "/2026-11-22.log"), "2026-11-22 03:00:00 192.0.2.66:1 evil\n") == 3);
   CHECK(log_names(elsewhere).empty());
 }
 
+
+namespace {
+
+// The sink driven as the core drives it, through a real Output: lines in,
+// notices made by the LineWriter, losses counted.
+struct Driven {
+  ul::LineWriter lines;
+  ul::Output out;
+  explicit Driven(ul::Sink* sink, bool by_host) {
+    lines.init(ul::Options(), nullptr, nullptr);
+    REQUIRE(out.init(1 << 16, sink, &lines, by_host));
+  }
+  void write(const in6_addr* host, const std::string& text) {
+    out.to(host);
+    out.begin_line();
+    out.copy(text.data(), text.size());
+    out.flush();
+  }
+  uint64_t lost(ul::WriteLoss::Cause c) const { return out.losses().lines[c]; }
+};
+
+// The descriptor of this process open on path, or -1.
+int fd_of(const std::string& path) {
+  for (int fd = 3; fd < 1024; fd++) {
+    char link[4096];
+    ssize_t n = readlink(("/proc/self/fd/" + std::to_string(fd)).c_str(), link, sizeof link - 1);
+    if (n > 0 && std::string(link, size_t(n)) == path) return fd;
+  }
+  return -1;
+}
+
+}  // namespace
+
+TEST_CASE("sink: split=host: a failing host file keeps its episode; no other host's file hears of it") {
+  ScopedZone zone("UTC");
+  std::string dir = make_temp_dir();
+  ul::LogDir d = open_dir(dir);
+  ul::HostFiles h;
+  char why[512];
+  REQUIRE(h.open(&d, 2, 4096, T0, test_clock, why, sizeof why));
+  Driven core(&h, true);
+  in6_addr a = v4("192.0.2.5"), b = v4("192.0.2.6"), c = v4("192.0.2.7");
+  core.write(&a, "a first\n");
+  int fd = fd_of(std::string(d.path) + "/192.0.2.5/2026-11-22.log");
+  REQUIRE(fd >= 0);
+  int full = open("/dev/full", O_WRONLY);
+  REQUIRE(dup2(full, fd) == fd);  // 192.0.2.5's disk is full from now on
+  close(full);
+  std::string err = stderr_of([&] {
+    for (int i = 0; i < 20; i++) {
+      core.write(&a, "a " + std::to_string(i) + "\n");
+      core.write(&b, "b " + std::to_string(i) + "\n");
+      core.write(&c, "c " + std::to_string(i) + "\n");  // files=2: b and c share one slot
+    }
+  });
+  CHECK(core.lost(ul::WriteLoss::disk_full) == 20);
+  CHECK(count_of(err, "cannot write ") == 1);  // once per episode
+  CHECK(read_file(dir + "/192.0.2.6/2026-11-22.log").find("udplogger") == std::string::npos);
+  CHECK(read_file(dir + "/192.0.2.7/2026-11-22.log").find("udplogger") == std::string::npos);
+  CHECK(count_of(read_file(dir + "/192.0.2.7/2026-11-22.log"), "c ") == 20);
+  // At stop its notice goes to the daemon's file, naming the file.
+  err = stderr_of([&] { core.out.close(); });
+  CHECK(read_file(dir + "/2026-11-22.log") ==
+        "2026-11-22 03:00:07 udplogger: 192.0.2.5/2026-11-22.log: 20 lines (90 bytes) could not be "
+        "written since 2026-11-22 03:00:07: No space left on device\n");
+}
+
+TEST_CASE("sink: split=host: newdirs= caps new host directories a day; their lines go to the daemon's file") {
+  ScopedZone zone("UTC");
+  std::string dir = make_temp_dir();
+  REQUIRE(mkdir((dir + "/192.0.2.9").c_str(), 0750) == 0);  // made on an earlier day
+  ul::LogDir d = open_dir(dir);
+  ul::HostFiles h;
+  char why[512];
+  REQUIRE(h.open(&d, 8, 2, T0, test_clock, why, sizeof why));
+  Driven core(&h, true);
+  std::string err = stderr_of([&] {
+    for (int round = 0; round < 2; round++)
+      for (int i = 1; i <= 5; i++) {
+        in6_addr host = v4(("192.0.2." + std::to_string(i)).c_str());
+        core.write(&host, "host " + std::to_string(i) + "\n");
+      }
+    in6_addr old = v4("192.0.2.9");
+    core.write(&old, "old host\n");
+  });
+  CHECK(log_names(dir).size() == 1);
+  CHECK(read_file(dir + "/192.0.2.1/2026-11-22.log") == "host 1\nhost 1\n");
+  CHECK(read_file(dir + "/192.0.2.2/2026-11-22.log") == "host 2\nhost 2\n");
+  CHECK(access((dir + "/192.0.2.3").c_str(), F_OK) != 0);
+  CHECK(read_file(dir + "/192.0.2.9/2026-11-22.log") == "old host\n");  // no new directory
+  CHECK(read_file(dir + "/2026-11-22.log") ==
+        "2026-11-22 03:00:07 udplogger: split=host: 2 new host directories made today (newdirs=); "
+        "until midnight, lines of hosts that have none go to this file\n"
+        "host 3\nhost 4\nhost 5\nhost 3\nhost 4\nhost 5\n");
+  CHECK(h.beyond_newdirs() == 6);
+  CHECK(count_of(err, "newdirs=2 new host directories made today") == 1);
+  // The next day may make new ones again.
+  h.tick(T0 + 21 * 3600);
+  in6_addr next = v4("192.0.2.3");
+  core.write(&next, "next day\n");
+  CHECK(read_file(dir + "/192.0.2.3/2026-11-23.log") == "next day\n");
+}
+
+TEST_CASE("sink: stopping while DIR is gone: the kept lines go to stderr and are counted, never dropped") {
+  ScopedZone zone("UTC");
+  std::string top = make_temp_dir() + "/logs";
+  REQUIRE(mkdir(top.c_str(), 0755) == 0);
+  ul::LogDir d = open_dir(top);
+  ul::DailyFile f;
+  char why[512];
+  REQUIRE(f.open(&d, T0, test_clock, why, sizeof why));
+  Driven core(&f, false);
+  core.write(nullptr, "before\n");
+  REQUIRE(rename(top.c_str(), (top + ".gone").c_str()) == 0);
+  std::string err = stderr_of([&] { f.reopen(T0 + 1); });
+  for (int i = 0; i < 500; i++) core.write(nullptr, "kept " + std::to_string(i) + "\n");
+  CHECK(core.lost(ul::WriteLoss::no_directory) == 0);  // kept, not lost, yet
+  err = stderr_of([&] {
+    core.out.close();
+    core.write(nullptr, "after the close\n");  // the statistics notice, say
+  });
+  CHECK(count_of(err, "\nkept ") == 500);
+  CHECK(err.find("log directory " + top + " is still gone at stop: the 4390 bytes of lines kept in "
+                 "memory follow here\nkept 0\n") != std::string::npos);
+  CHECK(err.find("kept 499\nafter the close\n") != std::string::npos);
+  CHECK(core.lost(ul::WriteLoss::no_directory) == 501);
+  CHECK(read_file(top + ".gone/2026-11-22.log") == "before\n");
+}
+
+TEST_CASE("sink: stopping when DIR came back: the notice and the kept lines are written, nothing lost") {
+  ScopedZone zone("UTC");
+  std::string top = make_temp_dir() + "/logs";
+  REQUIRE(mkdir(top.c_str(), 0755) == 0);
+  ul::LogDir d = open_dir(top);
+  ul::DailyFile f;
+  char why[512];
+  REQUIRE(f.open(&d, T0, test_clock, why, sizeof why));
+  Driven core(&f, false);
+  REQUIRE(rename(top.c_str(), (top + ".gone").c_str()) == 0);
+  stderr_of([&] { f.reopen(T0 + 1); });
+  core.write(nullptr, "kept\n");
+  REQUIRE(mkdir(top.c_str(), 0755) == 0);  // back before the retry is due
+  stderr_of([&] { core.out.close(); });
+  CHECK(read_file(top + "/2026-11-22.log").find("could not be used since") != std::string::npos);
+  CHECK(read_file(top + "/2026-11-22.log").find("\nkept\n") != std::string::npos);
+  CHECK(core.lost(ul::WriteLoss::no_directory) == 0);
+}

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -448,4 +449,62 @@ TEST_CASE("options: dir= longer than a path, and dir=- with standard output clos
   REQUIRE(wait_for([&] { return waitpid(pid, &st, WNOHANG) == pid; }));
   CHECK(WEXITSTATUS(st) == 1);
   CHECK(read_file(err) == "udplogger: dir=-: standard output is closed\n");
+}
+
+namespace {
+
+// Sends one UDP datagram over IPv6 to [::1]:port from `source`, whatever
+// it is, by writing the IPv6 header itself (raw socket: root only).
+bool send_raw_ipv6(const char* source, uint16_t sport, int port, const std::string& text) {
+  uint8_t src[16], dst[16];
+  inet_pton(AF_INET6, source, src);
+  inet_pton(AF_INET6, "::1", dst);
+  std::vector<uint8_t> p(40 + 8 + text.size());
+  uint16_t ulen = uint16_t(8 + text.size());
+  p[0] = 0x60;
+  p[4] = uint8_t(ulen >> 8), p[5] = uint8_t(ulen);
+  p[6] = IPPROTO_UDP, p[7] = 64;
+  memcpy(&p[8], src, 16);
+  memcpy(&p[24], dst, 16);
+  uint8_t* u = &p[40];
+  u[0] = uint8_t(sport >> 8), u[1] = uint8_t(sport), u[2] = uint8_t(port >> 8), u[3] = uint8_t(port);
+  u[4] = uint8_t(ulen >> 8), u[5] = uint8_t(ulen);
+  memcpy(u + 8, text.data(), text.size());
+  // RFC 8200 8.1: the checksum covers a pseudo-header of both addresses,
+  // the length and the next header.
+  uint32_t sum = ulen + IPPROTO_UDP;
+  for (int i = 8; i < 40; i += 2) sum += uint32_t(p[size_t(i)] << 8 | p[size_t(i) + 1]);
+  for (size_t i = 0; i < ulen; i += 2) sum += uint32_t(u[i] << 8 | (i + 1 < ulen ? u[i + 1] : 0));
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  uint16_t check = uint16_t(~sum) ? uint16_t(~sum) : 0xffff;
+  u[6] = uint8_t(check >> 8), u[7] = uint8_t(check);
+  int fd = socket(AF_INET6, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
+  if (fd < 0) return false;
+  int on = 1;
+  setsockopt(fd, IPPROTO_IPV6, IPV6_HDRINCL, &on, sizeof on);
+  sockaddr_in6 to = {};
+  to.sin6_family = AF_INET6;
+  memcpy(&to.sin6_addr, dst, 16);
+  bool sent = sendto(fd, p.data(), p.size(), 0, reinterpret_cast<sockaddr*>(&to), sizeof to) ==
+              ssize_t(p.size());
+  close(fd);
+  return sent;
+}
+
+}  // namespace
+
+TEST_CASE("senders: an IPv6 datagram from ::ffff:10.1.2.3 is no IPv4 sender: refused despite allow=" *
+          skip_unless(is_root() && have_ipv6_loopback(), "senders: v4-mapped IPv6 source",
+                      "needs root (a raw socket) and ::1")) {
+  Daemon d({"split=host", "allow=10.0.0.0/8,::1"});
+  REQUIRE(d.running());
+  REQUIRE(send_raw_ipv6("::1", 5000, d.port_, "real ipv6\n"));  // the raw path works
+  REQUIRE(wait_for([&] { return all_logs(d.dir_ + "/::1").find("real ipv6") != std::string::npos; }));
+  REQUIRE(send_raw_ipv6("::ffff:10.1.2.3", 5000, d.port_, "claims 10.1.2.3\n"));
+  REQUIRE(d.wait_log("refused 1 datagram"));
+  CHECK(d.log().find("the last from [::ffff:10.1.2.3]:5000") != std::string::npos);
+  CHECK(access((d.dir_ + "/10.1.2.3").c_str(), F_OK) != 0);
+  CHECK(d.stop() == 0);
+  CHECK(d.err().find(" refused=1 ") != std::string::npos);
+  CHECK(all_logs(d.dir_).find("claims") == std::string::npos);
 }

@@ -88,6 +88,7 @@ const char kUsage[] =
     "  allow=CIDR[,CIDR...]  take datagrams only from these networks\n"
     "  reuseport=0|1  share the port with other udplogger processes (SO_REUSEPORT)\n"
     "  debug=0|1    trace every datagram on stderr: sender, length, what became of it\n"
+    "  --check      check the set-up (directory, port, user) as a start would, then exit\n"
     "  --help, --version\n"
     "Every key=value may also be written --key=value or --key value.\n";
 
@@ -320,6 +321,10 @@ ParseStatus parse_options(int argc, char* const* argv, Options* o, char* err,
     const char* arg = argv[i];
     if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) return ParseStatus::help;
     if (!strcmp(arg, "--version") || !strcmp(arg, "-V")) return ParseStatus::version;
+    if (!strcmp(arg, "--check") || !strcmp(arg, "-t")) {
+      o->check = true;
+      continue;
+    }
     bool dashed = !strncmp(arg, "--", 2);
     if (dashed) arg += 2;
     const char* eq = strchr(arg, '=');
@@ -2220,12 +2225,16 @@ constexpr int kMeminfoDrops = 8, kMeminfoVars = 9;
 #define SO_MEMINFO 55
 #endif
 
+// The exit status of a fatal error: 1, or 2 under --check (where every
+// error is the set-up's, like a bad option's).
+int fatal_status = 1;
+
 [[noreturn]] void die(const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   vwarn(fmt, ap);
   va_end(ap);
-  exit(1);
+  exit(fatal_status);
 }
 
 timespec wall_clock() {
@@ -3502,6 +3511,46 @@ int loop(Server* s) {
 }
 
 }  // namespace
+
+// --check, like sshd -t: what a start would do up to the loop, without
+// writing anything: the log directory opened, the sockets bound (or
+// inherited), privileges dropped, then a file made and dropped in the
+// directory (O_TMPFILE) and today's file checked as it would be opened.
+// One line, and exit 0; or the one-line error, exit 2.
+int check_setup(const Options& o) {
+  fatal_status = 2;
+  LogDir dir;
+  char why[4400];
+  if (!o.to_stdout() && !open_log_dir(o.dir, o.perm, &dir, why, sizeof why)) die("%s", why);
+  Listener listeners[kMaxListeners];
+  int n = inherit_listeners(listeners);
+  if (n == 0) create_listener(o, &listeners[0]);
+  describe_listener(&listeners[0]);
+  drop_privileges(o);
+  char day[16] = "";
+  if (!o.to_stdout()) {
+    int fd = openat(dir.fd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+    if (fd < 0 && errno != EOPNOTSUPP && errno != EISDIR)  // no O_TMPFILE there: not a verdict
+      die("cannot write into log directory %s as uid %lu: %s", dir.path,
+          (unsigned long)geteuid(), strerror(errno));
+    if (fd >= 0) close(fd);
+    log_file_name(time(nullptr), day);
+    struct stat st;
+    if (fstatat(dir.fd, day, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+        (!S_ISREG(st.st_mode) || st.st_nlink != 1 || st.st_uid != geteuid() || (st.st_mode & 0111)))
+      die("log file %s/%s would be refused: %s", dir.path, day,
+          S_ISLNK(st.st_mode) ? "a symbolic link" : !S_ISREG(st.st_mode) ? "not a regular file"
+          : st.st_nlink != 1 ? "more than one hard link"
+          : st.st_uid != geteuid() ? "owned by another user" : "executable");
+  }
+  printf("udplogger %s: --check: usable: would listen on UDP %s%s, write %s%s%s as uid %lu gid %lu\n",
+         kVersion, listeners[0].where, n ? " (from socket activation)" : "",
+         o.to_stdout() ? "standard output" : dir.path, o.to_stdout() ? "" : "/",
+         o.split == Split::host ? "ADDR/YYYY-MM-DD.log per sender" : day,
+         (unsigned long)geteuid(), (unsigned long)getegid());
+  return 0;
+}
+
 }  // namespace ul
 
 namespace {
@@ -3524,8 +3573,8 @@ int main(int argc, char** argv) {
     case ul::ParseStatus::version:
       printf("udplogger %s\n", ul::kVersion);
       return 0;
-    case ul::ParseStatus::usage_error:
-      fprintf(stderr, "udplogger: %s\n%s", err, ul::kUsage);
+    case ul::ParseStatus::usage_error:  // one line: in a journal, the usage would bury it
+      fprintf(stderr, "udplogger: %s (udplogger --help lists the options)\n", err);
       return 2;
     case ul::ParseStatus::value_error:
       fprintf(stderr, "udplogger: %s\n", err);
@@ -3537,6 +3586,7 @@ int main(int argc, char** argv) {
     fprintf(stderr, "udplogger: dir=-: standard output is closed\n");
     return 1;
   }
+  if (opts.check) return ul::check_setup(opts);
   ul::setup(&server, opts, ul::wall_clock);
   return ul::loop(&server);
 }

@@ -71,6 +71,7 @@ struct Options {
   Eol eol = Eol::automatic;    // auto: a syslog datagram ("<N>...") is one message
   Dict dict = Dict::changes;   // changes: a sender's dictionary only when it changes
   AllowList allow;
+  bool check = false;          // --check: test the set-up as a start would, then exit
   bool to_stdout() const { return dir[0] == '-' && dir[1] == '\0'; }
 };
 

@@ -22,7 +22,7 @@ TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 
 TEST_SOURCES = test/main.cpp test/core_test.cpp test/core_lines_test.cpp test/core_senders_test.cpp test/netconsole_test.cpp test/sinks_test.cpp test/daemon_test.cpp test/daemon_reliability_test.cpp test/daemon_systemd_test.cpp test/clients_test.cpp test/package_test.cpp test/helpers.cpp test/netconsole.cpp
 
-.PHONY: all check check-flags check-asan bench clean install uninstall dist static rpm fuzz lint
+.PHONY: all check check-core check-flags check-asan bench clean install uninstall dist static rpm deb fuzz lint
 
 all: udplogger
 
@@ -81,6 +81,14 @@ check: lint check-flags udplogger udplogger-static test/run-tests
 	 awk -F'|' '/test cases:/ { gsub(/[^0-9]/, "", $$2); gsub(/[^0-9]/, "", $$3); gsub(/[^0-9]/, "", $$4); \
 	   p = $$2; f = $$3; s = $$4 } \
 	   END { if (p == "") { p = 0; f = 1; s = 0 } print p " passed, " f " failed, " s " skipped"; exit (f != 0) }' run-tests.log
+
+# The tests that need no root, no network and no tool beyond the build:
+# the core, extended netconsole and the sinks on a fake clock.  For the
+# packages' %check and dh_auto_test.
+CORE_TESTS = -sf='*core_test.cpp,*core_lines_test.cpp,*core_senders_test.cpp,*netconsole_test.cpp,*sinks_test.cpp' \
+	-tce='daemon:*,fuzz:*'
+check-core: test/run-tests
+	cd test && ./run-tests --no-intro=true $(CORE_TESTS)
 
 # The same tests with AddressSanitizer and UBSan in the core and the daemon;
 # those of the binary's libraries and memory use say they are skipped.
@@ -167,8 +175,9 @@ RPM_FOREIGN = $(if $(shell rpm --eval '%{?_unitdir}' 2>/dev/null),,--nodeps \
 	--define "_unitdir /usr/lib/systemd/system" --define "_sysusersdir /usr/lib/sysusers.d" \
 	--define "_tmpfilesdir /usr/lib/tmpfiles.d")
 rpm: dist
-	rpmbuild -ba --define "_topdir $(RPMDIR)" --define "_sourcedir $(CURDIR)" $(RPM_FOREIGN) \
-	  contrib/udplogger.spec
+	mkdir -p $(RPMDIR)/SOURCES
+	cp udplogger-$(VERSION).tar.gz contrib/udplogger.sysusers $(RPMDIR)/SOURCES/
+	rpmbuild -ba --define "_topdir $(RPMDIR)" $(RPM_FOREIGN) contrib/udplogger.spec
 
 clean:
 	rm -rf rpmbuild test/fuzz/work test/fuzz/fuzz-core test/fuzz/fuzz-raw test/fuzz/seed test/flags

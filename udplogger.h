@@ -19,7 +19,7 @@
 
 namespace ul {
 
-constexpr const char kVersion[] = "2.2";  // the one place the version is set
+constexpr const char kVersion[] = "2.3";  // the one place the version is set
 
 // ================================================================ contract
 

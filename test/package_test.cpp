@@ -95,6 +95,18 @@ TEST_CASE("rpm: rpmbuild -ba from the dist tarball, no network; rpmlint finds no
   MESSAGE(c.output.substr(c.output.rfind('\n', c.output.size() - 2) + 1));
   CHECK(c.output.find(" 0 errors,") != std::string::npos);
   CHECK(c.output.find(": E: ") == std::string::npos);
+  // The source RPM alone rebuilds somewhere else, as mock and koji do,
+  // %check (the core tests) included.
+  std::string other = make_temp_dir();
+  std::string defines = run_command("rpm --eval '%{?_unitdir}'").output == "\n"
+      ? " --nodeps --define '_unitdir /usr/lib/systemd/system' --define '_sysusersdir /usr/lib/sysusers.d'"
+        " --define '_tmpfilesdir /usr/lib/tmpfiles.d'" : "";
+  c = run_command("cd " + other + " && rpmbuild --rebuild --define '_topdir " + other + "/top'" + defines +
+                  " " + dir + "/SRPMS/*.src.rpm 2>&1");
+  CHECK_MESSAGE(c.status == 0, c.output.substr(c.output.size() > 3000 ? c.output.size() - 3000 : 0));
+  CHECK(c.output.find("test cases:") != std::string::npos);  // %check ran the tests
+  CHECK(c.output.find(" 0 failed") != std::string::npos);
+  CHECK(run_command("ls " + other + "/top/RPMS/*/udplogger-*.rpm").status == 0);
 }
 
 TEST_CASE("systemd: verify is clean and the service is rated 2.0 or lower" *

@@ -78,7 +78,7 @@ TEST_CASE("rpm: rpmbuild -ba from the dist tarball, no network; rpmlint finds no
                       "rpmbuild or rpmlint missing (Debian packages rpm, rpmlint), or not a git "
                       "checkout (make rpm builds from make dist)")) {
   std::string dir = make_temp_dir();
-  Command c = run_command(make("rpm RPMDIR=" + dir));
+  Command c = run_command(make("rpm RPMBUILD_OPTS=--nocheck RPMDIR=" + dir));  // %check: below
   REQUIRE_MESSAGE(c.status == 0, c.output);
   std::string rpms = run_command("ls " + dir + "/RPMS/*/*.rpm " + dir + "/SRPMS/*.rpm").output;
   CHECK(rpms.find(".src.rpm") != std::string::npos);

@@ -109,6 +109,94 @@ TEST_CASE("rpm: rpmbuild -ba from the dist tarball, no network; rpmlint finds no
   CHECK(run_command("ls " + other + "/top/RPMS/*/udplogger-*.rpm").status == 0);
 }
 
+namespace {
+
+// A minimal Debian root to install into: the one .ci/run prepares
+// (mmdebstrap, with systemd), else made here (mmdebstrap needs a mirror).
+const char kDebianRoot[] = "/var/cache/udplogger-test/bookworm.tar";
+bool can_make_debian_root() {
+  return access(kDebianRoot, R_OK) == 0 || have_program("mmdebstrap");
+}
+
+}  // namespace
+
+TEST_CASE("deb: make deb builds the package, lintian finds no error, and in a Debian chroot it "
+          "installs, enables its units, makes its user and directory, and purges clean" *
+          skip_unless(have_program("dpkg-buildpackage") && have_program("dh") && have_program("lintian") &&
+                          in_git_checkout(), "deb",
+                      "dpkg-buildpackage, debhelper or lintian missing, or not a git checkout")) {
+  std::string dir = make_temp_dir();
+  Command c = run_command(make("deb DEBDIR=" + dir) + " 2>&1");
+  REQUIRE_MESSAGE(c.status == 0, c.output.substr(c.output.size() > 3000 ? c.output.size() - 3000 : 0));
+  std::string deb = run_command("ls " + dir + "/udplogger_*_*.deb").output;
+  REQUIRE(!deb.empty());
+  deb.pop_back();
+  c = run_command("lintian --suppress-tags initial-upload-closes-no-bugs " + dir + "/*.changes 2>&1 | "
+                  "grep -v 'running with root privileges'");
+  CHECK_MESSAGE(c.output == "", c.output);  // the one warning suppressed is explained in README.md
+  std::string listed = run_command("dpkg -c " + deb).output;
+  for (const char* f : {"./usr/sbin/udplogger\n", "./lib/systemd/system/udplogger.service\n",
+                        "./lib/systemd/system/udplogger.socket\n", "./usr/lib/sysusers.d/udplogger.conf\n",
+                        "./usr/lib/tmpfiles.d/udplogger.conf\n", "./etc/default/udplogger\n",
+                        "./usr/share/man/man8/udplogger.8.gz\n", "./usr/share/doc/udplogger/copyright\n"})
+    CHECK_MESSAGE(listed.find(f) != std::string::npos, f);
+  CHECK(run_command("dpkg-deb -f " + deb + " Depends").output.find("systemd") != std::string::npos);
+  if (!is_root() || !can_make_debian_root()) {
+    MESSAGE("[skipped] deb: the chroot part: needs root and " << kDebianRoot << " or mmdebstrap");
+    return;
+  }
+  std::string root = make_temp_dir() + "/root";
+  REQUIRE(mkdir(root.c_str(), 0755) == 0);
+  if (access(kDebianRoot, R_OK) == 0)
+    c = run_command(std::string("tar -C ") + root + " -xf " + kDebianRoot);
+  else
+    c = run_command("mmdebstrap --variant=apt --include=systemd bookworm " + root + " 2>&1");
+  REQUIRE_MESSAGE(c.status == 0, c.output);
+  REQUIRE(run_command("cp " + deb + " " + root + "/tmp/udplogger.deb").status == 0);
+  std::string in_root = "chroot " + root + " ";
+  c = run_command(in_root + "dpkg -i /tmp/udplogger.deb 2>&1");
+  REQUIRE_MESSAGE(c.status == 0, c.output);
+  // Files where dpkg says.
+  std::string files = run_command(in_root + "dpkg -L udplogger").output;
+  size_t missing = 0;
+  for (size_t i = 0; i < files.size();) {
+    size_t e = files.find('\n', i);
+    std::string f = files.substr(i, e - i);
+    i = e + 1;
+    if (access((root + f).c_str(), F_OK) != 0 && missing++ < 3) MESSAGE("listed but missing: " << f);
+  }
+  CHECK(missing == 0);
+  // The user and the log directory, from the maintainer scripts.
+  std::string user = run_command(in_root + "getent passwd udplogger").output;
+  CHECK(user.find("udplogger:x:") == 0);
+  struct stat st;
+  REQUIRE(stat((root + "/var/log/udplogger").c_str(), &st) == 0);
+  CHECK((st.st_mode & 07777) == 0750);
+  CHECK(std::to_string(st.st_uid) == user.substr(12, user.find(':', 12) - 12));
+  // The units enabled; the installed binary checks its own set-up.
+  CHECK(access((root + "/etc/systemd/system/sockets.target.wants/udplogger.socket").c_str(), F_OK) == 0);
+  CHECK(access((root + "/etc/systemd/system/multi-user.target.wants/udplogger.service").c_str(), F_OK) == 0);
+  c = run_command(in_root + "/usr/sbin/udplogger --check dir=/var/log/udplogger port=" +
+                  std::to_string(free_udp_port()) + " 2>&1");
+  CHECK_MESSAGE(c.status == 0, c.output);
+  // Purged: nothing of it left.
+  c = run_command(in_root + "dpkg --purge udplogger 2>&1");
+  CHECK_MESSAGE(c.status == 0, c.output);
+  size_t left = 0;
+  for (size_t i = 0; i < files.size();) {
+    size_t e = files.find('\n', i);
+    std::string f = files.substr(i, e - i);
+    i = e + 1;
+    struct stat fs;
+    if (lstat((root + f).c_str(), &fs) == 0 && !S_ISDIR(fs.st_mode) && left++ < 3) MESSAGE("left after purge: " << f);
+  }
+  CHECK(left == 0);
+  CHECK(access((root + "/var/log/udplogger").c_str(), F_OK) != 0);
+  CHECK(access((root + "/etc/systemd/system/sockets.target.wants/udplogger.socket").c_str(), F_OK) != 0);
+  CHECK(access((root + "/etc/default/udplogger").c_str(), F_OK) != 0);
+  run_command("rm -rf " + root);
+}
+
 TEST_CASE("systemd: verify is clean and the service is rated 2.0 or lower" *
           skip_unless(have_program("systemd-analyze"), "systemd", "systemd-analyze missing (Debian package systemd)")) {
   // Installed with SBINDIR where the binary is, so that ExecStart= names a

@@ -74,6 +74,39 @@ TEST_CASE("dist: one top directory, the committed tree, no .git; --version agree
         std::string::npos);
 }
 
+TEST_CASE("release: one version in udplogger.h, NEWS, the spec and debian/changelog; nothing "
+          "compiled in git; every build output ignored; make clean removes them all" *
+          skip_unless(in_git_checkout(), "release", "not a git checkout")) {
+  std::string version = run_command(udplogger_path() + " --version").output;  // "udplogger 2.3\n"
+  REQUIRE(version.compare(0, 10, "udplogger ") == 0);
+  version = version.substr(10, version.size() - 11);
+  std::string top = kTop;
+  std::string news = read_file(top + "/NEWS");
+  size_t first = news.find("\n\n");
+  REQUIRE(first != std::string::npos);
+  CHECK(news.compare(first + 2, version.size() + 2, version + " (") == 0);  // newest first
+  std::string spec = read_file(top + "/contrib/udplogger.spec");
+  CHECK(spec.find("\nVersion:        " + version + "\n") != std::string::npos);
+  size_t log = spec.find("%changelog\n");
+  REQUIRE(log != std::string::npos);
+  CHECK(spec.substr(log, spec.find('\n', log + 11) - log).find("- " + version + "-1") != std::string::npos);
+  CHECK(read_file(top + "/contrib/debian/changelog").rfind("udplogger (" + version + "-1) ", 0) == 0);
+  Command c = run_command("cd " + top + " && git ls-files -z | xargs -0 file | grep -E ': +ELF'");
+  CHECK_MESSAGE(c.output == "", "compiled files in git: " << c.output);
+  // After this test run's builds (daemon, static, tests, flags), nothing untracked.
+  c = run_command("cd " + top + " && git status --porcelain | grep '^??'");
+  CHECK_MESSAGE(c.output == "", "build outputs not in .gitignore: " << c.output);
+  // make clean, in a copy of the committed tree, leaves exactly that tree.
+  std::string copy = make_temp_dir() + "/tree";
+  REQUIRE(run_command("git -C " + top + " worktree add --detach -q " + copy + " HEAD 2>&1").status == 0);
+  std::string before = tree(copy);
+  c = run_command("make -s -C " + copy + " udplogger test/bench/loadgen test/udplogger-core.o 2>&1 && make -s -C " +
+                  copy + " clean 2>&1");
+  CHECK_MESSAGE(c.status == 0, c.output);
+  CHECK(tree(copy) == before);
+  run_command("git -C " + top + " worktree remove --force " + copy);
+}
+
 TEST_CASE("rpm: rpmbuild -ba from the dist tarball, no network; rpmlint finds no errors" *
           skip_unless(have_program("rpmbuild") && have_program("rpmlint") && in_git_checkout(), "rpm",
                       "rpmbuild or rpmlint missing (Debian packages rpm, rpmlint), or not a git "

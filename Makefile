@@ -78,7 +78,7 @@ check-flags: test/run-tests
 # skipped and says why.  The package builds (rpm, deb: mostly compiling)
 # run in a second test process beside the others, whose output follows;
 # each process counts the other's tests as skipped (filtered), hence k - all.
-PACKAGE_TESTS = rpm*,deb*,release*
+PACKAGE_TESTS = rpm:*,deb:*,release:*
 check: lint check-flags udplogger udplogger-static test/run-tests
 	@cd test && { ./run-tests --no-intro=true -tc='$(PACKAGE_TESTS)' > run-packages.log 2>&1 & \
 	   packages=$$!; FUZZTIME=$(FUZZTIME) ./run-tests --no-intro=true -tce='$(PACKAGE_TESTS)' 2>&1 | tee run-tests.log; \

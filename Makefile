@@ -158,7 +158,8 @@ test/bench/loadgen: %: %.cpp
 
 # The units name the binary where it is installed.
 INSTALLED = $(SBINDIR)/udplogger $(MANDIR)/man8/udplogger.8 $(UNITDIR)/udplogger.service \
-	$(UNITDIR)/udplogger.socket $(SYSUSERSDIR)/udplogger.conf $(TMPFILESDIR)/udplogger.conf
+	$(UNITDIR)/udplogger.socket $(UNITDIR)/udplogger-compress.service \
+	$(UNITDIR)/udplogger-compress.timer $(SYSUSERSDIR)/udplogger.conf $(TMPFILESDIR)/udplogger.conf
 
 install: udplogger
 	install -D -m 0755 udplogger $(DESTDIR)$(SBINDIR)/udplogger
@@ -166,6 +167,7 @@ install: udplogger
 	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR)
 	sed 's|@SBINDIR@|$(SBINDIR)|g' contrib/udplogger.service > $(DESTDIR)$(UNITDIR)/udplogger.service
 	install -m 0644 contrib/udplogger.socket $(DESTDIR)$(UNITDIR)/udplogger.socket
+	install -m 0644 contrib/udplogger-compress.service contrib/udplogger-compress.timer $(DESTDIR)$(UNITDIR)/
 	install -m 0644 contrib/udplogger.sysusers $(DESTDIR)$(SYSUSERSDIR)/udplogger.conf
 	install -m 0644 contrib/udplogger.tmpfiles $(DESTDIR)$(TMPFILESDIR)/udplogger.conf
 

@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <regex>
 #include <string>
 
 #include "helpers.h"
@@ -37,6 +38,8 @@ TEST_CASE("install: every directory honoured, units name the binary, uninstall r
   Command c = run_command(make("install" + dirs));
   REQUIRE_MESSAGE(c.status == 0, c.output);
   CHECK(tree(root) ==
+        "./etc/systemd/system/udplogger-compress.service\n"
+        "./etc/systemd/system/udplogger-compress.timer\n"
         "./etc/systemd/system/udplogger.service\n"
         "./etc/systemd/system/udplogger.socket\n"
         "./opt/man/man8/udplogger.8\n"
@@ -264,7 +267,7 @@ TEST_CASE("systemd: verify is clean and the service is rated 2.0 or lower" *
   REQUIRE_MESSAGE(c.status == 0, c.output);
   std::string units = root + "/usr/lib/systemd/system";
   c = run_command("cd " + units + " && MANPATH=" + root + "/usr/share/man systemd-analyze verify "
-                  "udplogger.service udplogger.socket");
+                  "udplogger.service udplogger.socket udplogger-compress.service udplogger-compress.timer");
   CHECK_MESSAGE(c.status == 0, c.output);
   CHECK(c.output == "");
   c = run_command("cd " + units + " && systemd-analyze security --offline=true --root=" + root +
@@ -274,6 +277,38 @@ TEST_CASE("systemd: verify is clean and the service is rated 2.0 or lower" *
   REQUIRE(at != std::string::npos);
   double score = std::stod(c.output.substr(at + 39));
   CHECK(score <= 2.0);
+  c = run_command("cd " + units + " && systemd-analyze security --offline=true --root=" + root +
+                  " udplogger-compress.service | tail -n 1");
+  MESSAGE(c.output);
+  at = c.output.find("exposure level for udplogger-compress.service: ");
+  REQUIRE(at != std::string::npos);
+  CHECK(std::stod(c.output.substr(at + 48)) <= 2.0);
+}
+
+TEST_CASE("compress: the timer's service compresses closed day files, never today's, host files too") {
+  std::string dir = make_temp_dir();
+  REQUIRE(mkdir((dir + "/192.0.2.7").c_str(), 0750) == 0);
+  // Day files last written two days ago and yesterday, and today's.
+  for (const char* f : {"2026-11-29.log", "2026-11-30.log", "192.0.2.7/2026-11-30.log"})
+    REQUIRE(run_command("echo old > " + dir + "/" + f + " && touch -d '2 days ago' " + dir + "/" + f).status == 0);
+  REQUIRE(run_command("echo yesterday > " + dir + "/2026-12-01.log && touch -d 'yesterday 23:59:59' " +
+                      dir + "/2026-12-01.log").status == 0);
+  REQUIRE(run_command("echo today > " + dir + "/2026-12-02.log && echo today > " + dir +
+                      "/192.0.2.7/2026-12-02.log && echo other > " + dir + "/notes.txt").status == 0);
+  // The unit's own command, with the directory and systemd's %% unescaped.
+  std::string unit = read_file(std::string(kTop) + "/contrib/udplogger-compress.service");
+  size_t at = unit.find("ExecStart=/bin/sh -c '");
+  REQUIRE(at != std::string::npos);
+  std::string cmd = unit.substr(at + 22, unit.find("'\n", at) - at - 22);
+  cmd = std::regex_replace(cmd, std::regex("/var/log/udplogger"), dir);
+  cmd = std::regex_replace(cmd, std::regex("%%"), "%");
+  for (int round = 0; round < 2; round++) {  // a second run finds nothing to do
+    Command c = run_command("UDPLOGGER_COMPRESS=gzip sh -c '" + cmd + "' 2>&1");
+    CHECK_MESSAGE(c.status == 0, c.output);
+  }
+  CHECK(tree(dir) == "./192.0.2.7/2026-11-30.log.gz\n./192.0.2.7/2026-12-02.log\n./2026-11-29.log.gz\n"
+                     "./2026-11-30.log.gz\n./2026-12-01.log.gz\n./2026-12-02.log\n./notes.txt\n");
+  CHECK(run_command("zcat " + dir + "/2026-12-01.log.gz").output == "yesterday\n");
 }
 
 TEST_CASE("man: mandoc -Tlint -Wall says nothing" *

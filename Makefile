@@ -64,9 +64,9 @@ DEBIAN_FLAGS = DEB_BUILD_MAINT_OPTIONS=hardening=+all dpkg-buildflags --get
 FLAGS_TESTS = binary*,daemon: start-up line*,daemon: lines split*,daemon: SIGTERM*,daemon: every capture*,daemon: split=host*,stop:*
 check-flags: test/run-tests
 	rm -rf test/flags && mkdir -p test/flags/fedora test/flags/debian
-	$(MAKE) -s --no-print-directory udplogger udplogger-static CXXFLAGS="$(FEDORA_CXXFLAGS) -Werror" \
+	$(MAKE) -s -j2 --no-print-directory udplogger udplogger-static CXXFLAGS="$(FEDORA_CXXFLAGS) -Werror" \
 	  LDFLAGS="$(FEDORA_LDFLAGS)" CPPFLAGS= && mv udplogger udplogger-static test/flags/fedora/
-	$(MAKE) -s --no-print-directory udplogger udplogger-static CXXFLAGS="$$($(DEBIAN_FLAGS) CXXFLAGS) -Werror" \
+	$(MAKE) -s -j2 --no-print-directory udplogger udplogger-static CXXFLAGS="$$($(DEBIAN_FLAGS) CXXFLAGS) -Werror" \
 	  LDFLAGS="$$($(DEBIAN_FLAGS) LDFLAGS)" CPPFLAGS="$$($(DEBIAN_FLAGS) CPPFLAGS)" && mv udplogger udplogger-static test/flags/debian/
 	for d in fedora debian; do \
 	  file test/flags/$$d/udplogger-static | grep -q 'statically linked' || exit 1; \
@@ -140,8 +140,9 @@ fuzz: test/fuzz/fuzz-core test/fuzz/fuzz-raw test/fuzz/seed
 
 # Static analysis of the daemon: cppcheck, and clang-tidy as .clang-tidy says.
 lint:
-	cppcheck --enable=warning,performance,portability --std=c++17 --error-exitcode=1 -q udplogger.cpp
-	clang-tidy --quiet udplogger.cpp -- -std=c++17 -fno-exceptions
+	cppcheck --enable=warning,performance,portability --std=c++17 --error-exitcode=1 -q udplogger.cpp & \
+	  cppcheck=$$!; clang-tidy --quiet udplogger.cpp -- -std=c++17 -fno-exceptions || failed=1; \
+	  wait $$cppcheck || failed=1; exit $${failed:-0}
 
 # The benchmark against a null receiver and the peers; see README.md.
 bench: udplogger test/bench/loadgen test/bench/nullrecv test/bench/latency

@@ -234,6 +234,8 @@ TEST_CASE("deb: in a minimal Debian root it installs, enables its units, makes i
   struct stat ln;  // symbolic links to /lib/...: looked at, not followed out of the root
   CHECK(lstat((root + "/etc/systemd/system/sockets.target.wants/udplogger.socket").c_str(), &ln) == 0);
   CHECK(lstat((root + "/etc/systemd/system/multi-user.target.wants/udplogger.service").c_str(), &ln) == 0);
+  CHECK(lstat((root + "/lib/systemd/system/udplogger-compress.timer").c_str(), &ln) == 0);
+  CHECK(lstat((root + "/etc/systemd/system/timers.target.wants/udplogger-compress.timer").c_str(), &ln) != 0);
   c = run_command(in_root + "/usr/sbin/udplogger --check dir=/var/log/udplogger port=" +
                   std::to_string(free_udp_port()) + " 2>&1");
   CHECK_MESSAGE(c.status == 0, c.output);

@@ -2228,12 +2228,19 @@ constexpr int kMeminfoDrops = 8, kMeminfoVars = 9;
 // The exit status of a fatal error: 1, or 2 under --check (where every
 // error is the set-up's, like a bad option's).
 int fatal_status = 1;
+// Started by socket activation: a start that fails holds the sockets
+// instead of exiting (see hold).
+bool hold_on_fatal = false;
+[[noreturn]] void hold(const char* why);
 
 [[noreturn]] void die(const char* fmt, ...) {
+  char why[1024];
   va_list ap;
   va_start(ap, fmt);
-  vwarn(fmt, ap);
+  vsnprintf(why, sizeof why, fmt, ap);
   va_end(ap);
+  warn("%s", why);
+  if (hold_on_fatal) hold(why);
   exit(fatal_status);
 }
 
@@ -3087,6 +3094,7 @@ struct Notifier {
   uint64_t lost = 0;  // messages systemd did not take (never waited for)
 };
 
+// Leaves NOTIFY_SOCKET set: hold() may need it after setup has opened it.
 void notify_open(Notifier* n) {
   const char* path = getenv("NOTIFY_SOCKET");
   if (!path || (path[0] != '/' && path[0] != '@')) return;
@@ -3106,7 +3114,6 @@ void notify_open(Notifier* n) {
     if (n->fd >= 0) close(n->fd);
     n->fd = -1;
   }
-  unsetenv("NOTIFY_SOCKET");
 }
 
 // Never waits: a manager that does not read must not stall the loop.
@@ -3125,6 +3132,35 @@ void notify(Notifier* n, const char* fmt, ...) {
     warn("NOTIFY_SOCKET: %llu messages to systemd were not taken", (unsigned long long)n->lost);
     n->lost = 0;
   }
+}
+
+// Whether systemd (or another manager) handed this process its sockets.
+bool activated() {
+  const char* pid = getenv("LISTEN_PID");
+  unsigned long n = 0;
+  return pid && getenv("LISTEN_FDS") && parse_number(pid, 10, &n) && n == unsigned(getpid());
+}
+
+// An activated start that cannot go on (a bad option, a directory it
+// cannot use): exiting would leave the datagram that started it queued, so
+// systemd would start it again at once, and after five failures its start
+// limit would close the socket for every sender.  Instead it says why,
+// tells systemd it is up (with the reason as its status) and holds the
+// sockets, unread, until it is stopped: what arrives meanwhile waits for
+// the start after the fix.
+[[noreturn]] void hold(const char* why) {
+  Notifier n;
+  notify_open(&n);
+  notify(&n, "READY=1\nSTATUS=not started: %s; fix it and restart (datagrams wait in the socket)",
+         why);
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGTERM);
+  sigaddset(&stop, SIGINT);
+  sigprocmask(SIG_BLOCK, &stop, nullptr);
+  int sig = 0;
+  sigwait(&stop, &sig);
+  exit(fatal_status);
 }
 
 // ------------------------------------------------------------- privileges
@@ -3574,11 +3610,12 @@ int main(int argc, char** argv) {
       printf("udplogger %s\n", ul::kVersion);
       return 0;
     case ul::ParseStatus::usage_error:  // one line: in a journal, the usage would bury it
-      fprintf(stderr, "udplogger: %s (udplogger --help lists the options)\n", err);
-      return 2;
+      strncat(err, " (udplogger --help lists the options)", sizeof err - strlen(err) - 1);
+      [[fallthrough]];
     case ul::ParseStatus::value_error:
-      fprintf(stderr, "udplogger: %s\n", err);
-      return 2;
+      ul::fatal_status = 2;
+      ul::hold_on_fatal = ul::activated();
+      ul::die("%s", err);
     case ul::ParseStatus::ok:
       break;
   }
@@ -3587,7 +3624,9 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (opts.check) return ul::check_setup(opts);
+  ul::hold_on_fatal = ul::activated();
   ul::setup(&server, opts, ul::wall_clock);
+  ul::hold_on_fatal = false;  // started: a later fatal error exits, and Restart= applies
   return ul::loop(&server);
 }
 #endif  // UDPLOGGER_NO_MAIN

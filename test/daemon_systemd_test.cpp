@@ -61,6 +61,23 @@ pid_t start_activated(int fd, const std::vector<std::string>& args, const std::s
   return pid;
 }
 
+// An activated start that cannot go on says why on stderr and holds its
+// sockets until it is stopped (see hold() in udplogger.cpp): waits for the
+// message, checks that it is still there, stops it; returns the exit
+// status, or -1 when it exited on its own.
+int held_then_stopped(pid_t pid, const std::string& err) {
+  int st = 0;
+  bool said = wait_for([&] { return !read_file(err).empty(); });
+  usleep(200000);
+  if (!said || waitpid(pid, &st, WNOHANG) == pid) {
+    if (!said) kill(pid, SIGKILL), waitpid(pid, &st, 0);
+    return -1;
+  }
+  kill(pid, SIGTERM);
+  waitpid(pid, &st, 0);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
 int stop(pid_t pid) {
   kill(pid, SIGTERM);
   int st = 0;
@@ -118,10 +135,8 @@ TEST_CASE("activation: a passed socket that is not UDP is refused, naming the fd
   int tcp = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   std::string err = dir + "/../stderr";
   pid_t pid = start_activated(tcp, {"dir=" + dir}, err);
-  int st = 0;
-  waitpid(pid, &st, 0);
+  CHECK(held_then_stopped(pid, err) == 1);
   close(tcp);
-  CHECK(WEXITSTATUS(st) == 1);
   CHECK(read_file(err) ==
         "udplogger: socket activation: fd 3 is not a UDP socket (ListenDatagram= in the .socket "
         "unit)\n");
@@ -230,10 +245,8 @@ TEST_CASE("activation: an inherited socket that is not bound is refused, and so 
   std::string err = dir + "/../stderr";
   int unbound = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   pid_t pid = start_activated(unbound, {"dir=" + dir}, err);
-  int st = 0;
-  waitpid(pid, &st, 0);
+  CHECK(held_then_stopped(pid, err) == 1);
   close(unbound);
-  CHECK(WEXITSTATUS(st) == 1);
   CHECK(read_file(err) == "udplogger: socket activation: fd 3 is not bound to a port "
                           "(ListenDatagram= in the .socket unit)\n");
   int port = 0;
@@ -251,11 +264,32 @@ TEST_CASE("activation: an inherited socket that is not bound is refused, and so 
     execl(path.c_str(), path.c_str(), d.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
-  waitpid(pid, &st, 0);
+  CHECK(held_then_stopped(pid, err) == 1);
   close(held);
-  CHECK(WEXITSTATUS(st) == 1);
   CHECK(read_file(err) == "udplogger: socket activation: LISTEN_FDS=1x: expected a number of UDP "
                           "sockets, 1..16\n");
+}
+
+TEST_CASE("activation: a bad option holds the socket unread; after the fix nothing sent meanwhile is lost") {
+  std::string dir = make_temp_dir();
+  std::string err = dir + "/../stderr";
+  int port = 0;
+  int fd = held_socket(&port);
+  // A start that exited would leave the datagram queued and be started
+  // again at once, until systemd's start limit closed the socket.
+  pid_t pid = start_activated(fd, {"dir=" + dir, "stamp=bogus"}, err);
+  REQUIRE(wait_for([&] { return !read_file(err).empty(); }));
+  Sender s;
+  for (int i = 0; i < 20; i++) s.send(port, "meanwhile " + std::to_string(i) + "\n");
+  CHECK(held_then_stopped(pid, err) == 2);
+  CHECK(read_file(err) == "udplogger: stamp=bogus: unknown (allowed: classic, iso)\n");
+  CHECK(log_names(dir).empty());  // nothing read, nothing written
+  pid = start_activated(fd, {"dir=" + dir}, err);  // fixed
+  bool all = wait_for([&] { return count_of(all_logs(dir), " meanwhile ") == 20; });
+  INFO("written: " << count_of(all_logs(dir), " meanwhile "));
+  CHECK(all);
+  CHECK(stop(pid) == 0);
+  close(fd);
 }
 
 TEST_CASE("notify: a NOTIFY_SOCKET nobody reads never stalls the loop") {

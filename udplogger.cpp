@@ -8,8 +8,10 @@
 //                  names, day file names
 //   core           Core: the contract's verbs, over the parts below
 //   routing        Assembler: allow=, a datagram's sender, extended
-//                  netconsole or text; text joined into lines per sender;
-//                  the machine's events made into lines and counts
+//                  netconsole or text; the machine's events made into
+//                  lines and counts
+//   text lines     TextLines: plain text joined into lines per sender,
+//                  unfinished lines and their one cap (partials=)
 //   senders        SenderTable: slots, hash, least recently heard
 //   netconsole     extended header parsing; Netconsole, the state machine
 //                  (SEQ, msgid, reassembly); RecordWriter (a record as lines)
@@ -646,6 +648,7 @@ bool Assembler::init(const Options& opts, Output* out, uint64_t hash_seed) {
   out_ = out;
   lines_.init(opts, out, &stats_);
   records_.init(&lines_, opts.wbuf, &stats_);
+  text_.init(opts, &lines_, &table_, &stats_);
   return table_.init(opts.clients, hash_seed) && nc_.init(opts.clients, opts.frags, opts.timeout);
 }
 
@@ -708,9 +711,9 @@ Assembler::Outcome Assembler::route(const Datagram& d, uint32_t bucket, ExtHeade
     size_t len = d.len;
     while (len > 0 && d.data[len - 1] == '\0') len--;  // C strings sent with their NUL
     if (len > 0 && d.data[len - 1] == '\r') len--;     // CRLF without the LF
-    join_text(s, d.data, len, d.when, true);
+    text_.join(s, d.data, len, d.when, true);
   } else {
-    join_text(s, d.data, d.len, d.when, false);
+    text_.join(s, d.data, d.len, d.when, false);
   }
   return Outcome::text;
 }
@@ -721,7 +724,7 @@ Assembler::Outcome Assembler::netconsole(Sender* s, const Datagram& d, const Ext
   if (h.fragment) stats_.fragments++;
   Netconsole::Fed fed = nc_.feed(uint32_t(table_.index(s)), s->addr, h, d.data, d.len, d.when);
   Outcome what = take_events(h.fragment ? Outcome::held : Outcome::record);
-  if (fed == Netconsole::Fed::not_extended) join_text(s, d.data, d.len, d.when, true);
+  if (fed == Netconsole::Fed::not_extended) text_.join(s, d.data, d.len, d.when, true);
   return what;
 }
 
@@ -911,7 +914,7 @@ Sender* Assembler::sender_for(const Datagram& d, uint32_t bucket) {
   if (s) return s;
   if (table_.full()) {
     Sender* old = table_.idle_longest();
-    if (old->partial_len > 0) write_partial(old, nullptr, 0, false);
+    text_.finish(old);
     nc_.drop(uint32_t(table_.index(old)), d.when);
     take_events(Outcome::text);
     stats_.senders_reused++;
@@ -929,162 +932,8 @@ void Assembler::kernel_dropped(uint32_t n, const timespec& now) {
                 n == 1 ? "" : "s", opts_.rbuf);
 }
 
-// Writes one log line: a (copied) and b (referenced in place, followed by
-// its newline when newline_in_b), then a newline if needed.
-void Assembler::write_line(Sender* s, const timespec& when, const char* a, size_t alen,
-                           const char* b, size_t blen, bool newline_in_b, bool b_clean) {
-  if (alen == 0 && newline_in_b && b_clean && blen < kCopyMax)  // most lines
-    return lines_.short_line(s->origin(), when, b, blen);
-  lines_.begin(s->origin(), when);
-  lines_.text(a, alen);
-  lines_.end_with(b, blen, newline_in_b, b_clean);
-}
-
-// Writes the sender's partial line followed by rest, and forgets it; its
-// buffer goes back (the line was copied out).
-void Assembler::write_partial(Sender* s, const char* rest, size_t rest_len,
-                              bool newline_in_rest) {
-  write_line(s, s->partial_time, s->partial, s->partial_len, rest, rest_len, newline_in_rest,
-             false);
-  s->partial_len = 0;
-  pending_.unlink(table_.slots(), table_.index(s));
-  release_partial(s);
-}
-
-Assembler::~Assembler() {
-  for (size_t i = 0; i < table_.size(); i++) release_partial(&table_.slots()[i]);
-}
-
-// Buffers up to a page come from the heap; larger ones are mapped, so that
-// releasing one gives its memory back to the system at once.
-constexpr size_t kHeapPartialMax = 4096;
-
-bool Assembler::resize_partial(Sender* s, size_t cap) {
-  char* p;
-  if (cap <= kHeapPartialMax) {
-    p = static_cast<char*>(realloc(s->partial, cap));
-  } else if (s->partial_cap > kHeapPartialMax) {
-    void* m = mremap(s->partial, s->partial_cap, cap, MREMAP_MAYMOVE);
-    p = m == MAP_FAILED ? nullptr : static_cast<char*>(m);
-  } else {
-    void* m = mmap(nullptr, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    p = m == MAP_FAILED ? nullptr : static_cast<char*>(m);
-    if (p && s->partial) {
-      memcpy(p, s->partial, s->partial_len);
-      free(s->partial);
-    }
-  }
-  if (!p) return false;
-  partial_bytes_ += cap - s->partial_cap;
-  s->partial = p;
-  s->partial_cap = uint32_t(cap);
-  return true;
-}
-
-void Assembler::release_partial(Sender* s) {
-  if (s->partial_cap > kHeapPartialMax) munmap(s->partial, s->partial_cap);
-  else free(s->partial);
-  partial_bytes_ -= s->partial_cap;
-  s->partial = nullptr;
-  s->partial_cap = 0;
-}
-
-// One cap on all partial lines (partials=): to grow s's buffer to cap, the
-// oldest partial lines of other senders are written out as they are.
-// False when even that leaves no room.
-bool Assembler::make_room(Sender* s, size_t cap) {
-  while (partial_bytes_ + cap - s->partial_cap > opts_.partials) {
-    int32_t i = pending_.head;
-    if (i == table_.index(s)) i = table_.slots()[i].pend_next;
-    if (i < 0) return false;
-    write_partial(&table_.slots()[i], nullptr, 0, false);
-    stats_.flushed_for_memory++;
-  }
-  return true;
-}
-
-// Keeps bytes that have no newline yet.  The buffer grows (at most to
-// wbuf) only when this sender's partial line is longer than ever before.
-void Assembler::keep_partial(Sender* s, const char* p, size_t len, const timespec& when) {
-  size_t need = s->partial_len + len;
-  if (need > s->partial_cap) {
-    size_t cap = s->partial_cap ? s->partial_cap : 256;
-    while (cap < need) cap *= 2;
-    if (cap > opts_.wbuf) cap = opts_.wbuf;
-    if (!make_room(s, cap) || !resize_partial(s, cap)) {  // write it now rather than lose it
-      stats_.flushed_for_memory++;
-      if (s->partial_len > 0) write_partial(s, p, len, false);
-      else write_line(s, when, nullptr, 0, p, len, false, false);
-      return;
-    }
-  }
-  if (s->partial_len == 0) {
-    s->partial_time = when;
-    pending_.append(table_.slots(), table_.index(s));
-  }
-  memcpy(s->partial + s->partial_len, p, len);
-  s->partial_len += uint32_t(len);
-}
-
-// Plain text: joined into lines across datagrams, split at wbuf; a CR
-// before a newline is dropped.  ends_line: the data's end ends its line.
-void Assembler::join_text(Sender* s, const char* data, size_t len, const timespec& when,
-                          bool ends_line) {
-  const size_t wbuf = opts_.wbuf;
-  const char* p = data;
-  const char* end = data + len;
-  while (p < end) {
-    // One pass finds the newline, or first the byte that needs escaping;
-    // no piece is longer than wbuf, so nothing beyond that is scanned.
-    const char* limit = size_t(end - p) > wbuf ? p + wbuf + 1 : end;
-    const char* c = find_control(p, limit);
-    const char* nl = c == limit ? nullptr : *c == '\n' ? c  // the common case: no call
-        : static_cast<const char*>(memchr(c, '\n', size_t(limit - c)));
-    bool clean = c == limit || nl == c || (nl == c + 1 && *c == '\r');
-    size_t seg = size_t((nl ? nl : limit) - p);  // bytes before the newline
-    size_t cr = nl && seg > 0 && nl[-1] == '\r';  // 1: CRLF, the CR is dropped
-    if (s->partial_len > 0) {
-      size_t room = wbuf - s->partial_len;
-      if (nl && seg <= room) {  // completes the partial line
-        if (seg == 0 && s->partial[s->partial_len - 1] == '\r') s->partial_len--;
-        write_partial(s, p, seg - cr, cr == 0);
-        p = nl + 1;
-      } else if (seg > room) {  // partial line reaches wbuf: write a piece
-        write_partial(s, p, room, false);
-        p += room;
-      } else if (ends_line) {
-        write_partial(s, p, seg, false);
-        p = end;
-      } else {  // still no newline
-        keep_partial(s, p, seg, when);
-        p = end;
-      }
-    } else if (seg > wbuf) {
-      write_line(s, when, nullptr, 0, p, wbuf, false, clean);
-      p += wbuf;
-    } else if (nl) {
-      write_line(s, when, nullptr, 0, p, seg - cr, cr == 0, clean);
-      p = nl + 1;
-    } else if (ends_line) {
-      write_line(s, when, nullptr, 0, p, seg, false, clean);
-      p = end;
-    } else {
-      keep_partial(s, p, seg, when);
-      p = end;
-    }
-  }
-  if (ends_line && s->partial_len > 0) write_partial(s, nullptr, 0, false);
-}
-
 void Assembler::expire(const timespec& now, bool all) {
-  while (pending_.head >= 0) {
-    Sender* s = &table_.slots()[pending_.head];
-    timespec due = s->partial_time;
-    due.tv_sec += opts_.timeout;
-    if (!all && !timespec_le(due, now)) break;
-    write_partial(s, nullptr, 0, false);
-    stats_.lines_timed_out++;
-  }
+  text_.expire(now, all);
   if (refused_unreported_ > 0 && (all || timespec_le(refused_notice_at_, now)))
     report_refused(now);
   nc_.expire(now, all);
@@ -1093,11 +942,8 @@ void Assembler::expire(const timespec& now, bool all) {
 
 timespec Assembler::next_deadline() const {
   timespec due = nc_.next_deadline();
-  if (pending_.head >= 0) {
-    timespec partial = table_.slots()[pending_.head].partial_time;
-    partial.tv_sec += opts_.timeout;
-    if (due.tv_sec == 0 || timespec_le(partial, due)) due = partial;
-  }
+  timespec partial = text_.next_deadline();
+  if (partial.tv_sec != 0 && (due.tv_sec == 0 || timespec_le(partial, due))) due = partial;
   if (refused_unreported_ > 0 && (due.tv_sec == 0 || timespec_le(refused_notice_at_, due)))
     due = refused_notice_at_;
   return due;
@@ -1168,6 +1014,183 @@ uint32_t Assembler::dictionary_shown(Sender* s, const ExtRecord& r) {
 
 void Assembler::files_changed() {
   for (size_t i = 0; i < table_.size(); i++) table_.slots()[i].dict_written = 0;
+}
+
+// ============================================================ text lines
+
+void TextLines::init(const Options& opts, LineWriter* lines, SenderTable* table, Stats* stats) {
+  wbuf_ = opts.wbuf;
+  partials_ = opts.partials;
+  timeout_ = opts.timeout;
+  lines_ = lines;
+  table_ = table;
+  stats_ = stats;
+}
+
+// Writes one log line: a (copied) and b (referenced in place, followed by
+// its newline when newline_in_b), then a newline if needed.
+void TextLines::write_line(Sender* s, const timespec& when, const char* a, size_t alen,
+                           const char* b, size_t blen, bool newline_in_b, bool b_clean) {
+  if (alen == 0 && newline_in_b && b_clean && blen < kCopyMax)  // most lines
+    return lines_->short_line(s->origin(), when, b, blen);
+  lines_->begin(s->origin(), when);
+  lines_->text(a, alen);
+  lines_->end_with(b, blen, newline_in_b, b_clean);
+}
+
+// Writes the sender's partial line followed by rest, and forgets it; its
+// buffer goes back (the line was copied out).
+void TextLines::write_partial(Sender* s, const char* rest, size_t rest_len,
+                              bool newline_in_rest) {
+  write_line(s, s->partial_time, s->partial, s->partial_len, rest, rest_len, newline_in_rest,
+             false);
+  s->partial_len = 0;
+  pending_.unlink(table_->slots(), table_->index(s));
+  release_partial(s);
+}
+
+TextLines::~TextLines() {
+  if (!table_) return;
+  for (size_t i = 0; i < table_->size(); i++) release_partial(&table_->slots()[i]);
+}
+
+// Buffers up to a page come from the heap; larger ones are mapped, so that
+// releasing one gives its memory back to the system at once.
+constexpr size_t kHeapPartialMax = 4096;
+
+bool TextLines::resize_partial(Sender* s, size_t cap) {
+  char* p;
+  if (cap <= kHeapPartialMax) {
+    p = static_cast<char*>(realloc(s->partial, cap));
+  } else if (s->partial_cap > kHeapPartialMax) {
+    void* m = mremap(s->partial, s->partial_cap, cap, MREMAP_MAYMOVE);
+    p = m == MAP_FAILED ? nullptr : static_cast<char*>(m);
+  } else {
+    void* m = mmap(nullptr, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    p = m == MAP_FAILED ? nullptr : static_cast<char*>(m);
+    if (p && s->partial) {
+      memcpy(p, s->partial, s->partial_len);
+      free(s->partial);
+    }
+  }
+  if (!p) return false;
+  partial_bytes_ += cap - s->partial_cap;
+  s->partial = p;
+  s->partial_cap = uint32_t(cap);
+  return true;
+}
+
+void TextLines::release_partial(Sender* s) {
+  if (s->partial_cap > kHeapPartialMax) munmap(s->partial, s->partial_cap);
+  else free(s->partial);
+  partial_bytes_ -= s->partial_cap;
+  s->partial = nullptr;
+  s->partial_cap = 0;
+}
+
+// One cap on all partial lines (partials=): to grow s's buffer to cap, the
+// oldest partial lines of other senders are written out as they are.
+// False when even that leaves no room.
+bool TextLines::make_room(Sender* s, size_t cap) {
+  while (partial_bytes_ + cap - s->partial_cap > partials_) {
+    int32_t i = pending_.head;
+    if (i == table_->index(s)) i = table_->slots()[i].pend_next;
+    if (i < 0) return false;
+    write_partial(&table_->slots()[i], nullptr, 0, false);
+    stats_->flushed_for_memory++;
+  }
+  return true;
+}
+
+// Keeps bytes that have no newline yet.  The buffer grows (at most to
+// wbuf) only when this sender's partial line is longer than ever before.
+void TextLines::keep_partial(Sender* s, const char* p, size_t len, const timespec& when) {
+  size_t need = s->partial_len + len;
+  if (need > s->partial_cap) {
+    size_t cap = s->partial_cap ? s->partial_cap : 256;
+    while (cap < need) cap *= 2;
+    if (cap > wbuf_) cap = wbuf_;
+    if (!make_room(s, cap) || !resize_partial(s, cap)) {  // write it now rather than lose it
+      stats_->flushed_for_memory++;
+      if (s->partial_len > 0) write_partial(s, p, len, false);
+      else write_line(s, when, nullptr, 0, p, len, false, false);
+      return;
+    }
+  }
+  if (s->partial_len == 0) {
+    s->partial_time = when;
+    pending_.append(table_->slots(), table_->index(s));
+  }
+  memcpy(s->partial + s->partial_len, p, len);
+  s->partial_len += uint32_t(len);
+}
+
+// Plain text: joined into lines across datagrams, split at wbuf; a CR
+// before a newline is dropped.  ends_line: the data's end ends its line.
+void TextLines::join(Sender* s, const char* data, size_t len, const timespec& when,
+                     bool ends_line) {
+  const size_t wbuf = wbuf_;
+  const char* p = data;
+  const char* end = data + len;
+  while (p < end) {
+    // One pass finds the newline, or first the byte that needs escaping;
+    // no piece is longer than wbuf, so nothing beyond that is scanned.
+    const char* limit = size_t(end - p) > wbuf ? p + wbuf + 1 : end;
+    const char* c = find_control(p, limit);
+    const char* nl = c == limit ? nullptr : *c == '\n' ? c  // the common case: no call
+        : static_cast<const char*>(memchr(c, '\n', size_t(limit - c)));
+    bool clean = c == limit || nl == c || (nl == c + 1 && *c == '\r');
+    size_t seg = size_t((nl ? nl : limit) - p);  // bytes before the newline
+    size_t cr = nl && seg > 0 && nl[-1] == '\r';  // 1: CRLF, the CR is dropped
+    if (s->partial_len > 0) {
+      size_t room = wbuf - s->partial_len;
+      if (nl && seg <= room) {  // completes the partial line
+        if (seg == 0 && s->partial[s->partial_len - 1] == '\r') s->partial_len--;
+        write_partial(s, p, seg - cr, cr == 0);
+        p = nl + 1;
+      } else if (seg > room) {  // partial line reaches wbuf: write a piece
+        write_partial(s, p, room, false);
+        p += room;
+      } else if (ends_line) {
+        write_partial(s, p, seg, false);
+        p = end;
+      } else {  // still no newline
+        keep_partial(s, p, seg, when);
+        p = end;
+      }
+    } else if (seg > wbuf) {
+      write_line(s, when, nullptr, 0, p, wbuf, false, clean);
+      p += wbuf;
+    } else if (nl) {
+      write_line(s, when, nullptr, 0, p, seg - cr, cr == 0, clean);
+      p = nl + 1;
+    } else if (ends_line) {
+      write_line(s, when, nullptr, 0, p, seg, false, clean);
+      p = end;
+    } else {
+      keep_partial(s, p, seg, when);
+      p = end;
+    }
+  }
+  if (ends_line && s->partial_len > 0) write_partial(s, nullptr, 0, false);
+}
+
+void TextLines::expire(const timespec& now, bool all) {
+  while (pending_.head >= 0) {
+    Sender* s = &table_->slots()[pending_.head];
+    timespec due = s->partial_time;
+    due.tv_sec += timeout_;
+    if (!all && !timespec_le(due, now)) break;
+    write_partial(s, nullptr, 0, false);
+    stats_->lines_timed_out++;
+  }
+}
+
+timespec TextLines::next_deadline() const {
+  if (pending_.head < 0) return timespec{0, 0};
+  timespec due = table_->slots()[pending_.head].partial_time;
+  due.tv_sec += timeout_;
+  return due;
 }
 
 // ================================================================= senders

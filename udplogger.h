@@ -676,6 +676,46 @@ class SenderTable {
   IndexList<Sender, &Sender::lru_prev, &Sender::lru_next> lru_;  // idle longest first
 };
 
+// ------------------------------------------------------------ text lines
+
+// Plain text joined into lines per sender, across datagrams.  A sender's
+// unfinished line waits in its slot's buffer until its newline, wbuf
+// bytes, the end of a datagram that ends lines, timeout=, or until the one
+// cap on all of them (partials=) needs its room; then it is written, never
+// dropped.
+class TextLines {
+ public:
+  void init(const Options& opts, LineWriter* lines, SenderTable* table, Stats* stats);
+  ~TextLines();
+  // data from s; ends_line: its end ends s's line.
+  void join(Sender* s, const char* data, size_t len, const timespec& when, bool ends_line);
+  // Writes s's unfinished line, if any (s's slot is about to be reused).
+  void finish(Sender* s) {
+    if (s->partial_len > 0) write_partial(s, nullptr, 0, false);
+  }
+  // Writes the unfinished lines due at now (timeout=), or all of them.
+  void expire(const timespec& now, bool all);
+  // When the oldest unfinished line is due; {0,0}: none waits.
+  timespec next_deadline() const;
+
+ private:
+  void write_line(Sender* s, const timespec& when, const char* a, size_t alen, const char* b,
+                  size_t blen, bool newline_in_b, bool b_clean);
+  void write_partial(Sender* s, const char* rest, size_t rest_len, bool newline_in_rest);
+  void keep_partial(Sender* s, const char* p, size_t len, const timespec& when);
+  bool make_room(Sender* s, size_t cap);
+  bool resize_partial(Sender* s, size_t cap);
+  void release_partial(Sender* s);
+
+  size_t wbuf_ = 0, partials_ = 0;
+  unsigned timeout_ = 0;
+  LineWriter* lines_ = nullptr;
+  SenderTable* table_ = nullptr;
+  Stats* stats_ = nullptr;
+  IndexList<Sender, &Sender::pend_prev, &Sender::pend_next> pending_;  // oldest first
+  size_t partial_bytes_ = 0;  // held by the buffers, at most partials=
+};
+
 // ----------------------------------------------------------------- routing
 
 // Routes each datagram: extended netconsole to Netconsole, everything else
@@ -683,7 +723,6 @@ class SenderTable {
 class Assembler {
  public:
   bool init(const Options& opts, Output* out, uint64_t hash_seed = 0);
-  ~Assembler();
 
   void datagram(const Datagram& d) { datagrams(&d, 1); }
   // n datagrams in arrival order.  With many senders each lookup is a
@@ -737,14 +776,6 @@ class Assembler {
   void refuse(const Datagram& d);
   void report_refused(const timespec& now);
   bool ends_with_datagram(const Sender* s, const char* data, size_t len) const;
-  void join_text(Sender* s, const char* data, size_t len, const timespec& when, bool ends_line);
-  void write_line(Sender* s, const timespec& when, const char* a, size_t alen, const char* b,
-                  size_t blen, bool newline_in_b, bool b_clean);
-  void write_partial(Sender* s, const char* rest, size_t rest_len, bool newline_in_rest);
-  void keep_partial(Sender* s, const char* p, size_t len, const timespec& when);
-  bool make_room(Sender* s, size_t cap);
-  bool resize_partial(Sender* s, size_t cap);
-  void release_partial(Sender* s);
   void sender_notice(Sender* s, const timespec& when, const char* fmt, ...)
       __attribute__((format(printf, 4, 5)));
   uint32_t dictionary_shown(Sender* s, const ExtRecord& r);
@@ -756,9 +787,8 @@ class Assembler {
   LineWriter lines_;
   RecordWriter records_;
   SenderTable table_;
+  TextLines text_;
   Netconsole nc_;
-  IndexList<Sender, &Sender::pend_prev, &Sender::pend_next> pending_;  // oldest partial first
-  size_t partial_bytes_ = 0;        // held by partial-line buffers, at most opts.partials
   // Refused datagrams (allow=) not yet in a notice, the last refused
   // sender, and when the next notice may be written (one a minute).
   uint64_t refused_unreported_ = 0;

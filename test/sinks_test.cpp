@@ -373,18 +373,36 @@ TEST_CASE("sink: split=host: newdirs= caps new host directories a day; their lin
   CHECK(read_file(dir + "/192.0.2.3/2026-11-23.log") == "next day\n");
 }
 
-TEST_CASE("sink: stopping while DIR is gone: the kept lines go to stderr and are counted, never dropped") {
-  ScopedZone zone("UTC");
+namespace {
+
+// A daily file in DIR/logs, driven as the core drives it; gone() moves
+// the directory away and tells the file (SIGHUP).
+struct Outage {
+  ScopedZone zone{"UTC"};
   std::string top = make_temp_dir() + "/logs";
-  REQUIRE(mkdir(top.c_str(), 0755) == 0);
-  ul::LogDir d = open_dir(top);
+  ul::LogDir d;
   ul::DailyFile f;
-  char why[512];
-  REQUIRE(f.open(&d, T0, test_clock, why, sizeof why));
-  Driven core(&f, false);
+  Outage() {
+    REQUIRE(mkdir(top.c_str(), 0755) == 0);
+    d = open_dir(top);
+    char why[512];
+    REQUIRE(f.open(&d, T0, test_clock, why, sizeof why));
+  }
+  void gone() {
+    REQUIRE(rename(top.c_str(), (top + ".gone").c_str()) == 0);
+    stderr_of([&] { f.reopen(T0 + 1); });
+  }
+};
+
+}  // namespace
+
+TEST_CASE("sink: stopping while DIR is gone: the kept lines go to stderr and are counted, never dropped") {
+  Outage o;
+  std::string& top = o.top;
+  Driven core(&o.f, false);
   core.write(nullptr, "before\n");
-  REQUIRE(rename(top.c_str(), (top + ".gone").c_str()) == 0);
-  std::string err = stderr_of([&] { f.reopen(T0 + 1); });
+  o.gone();
+  std::string err;
   for (int i = 0; i < 500; i++) core.write(nullptr, "kept " + std::to_string(i) + "\n");
   CHECK(core.lost(ul::WriteLoss::no_directory) == 0);  // kept, not lost, yet
   err = stderr_of([&] {
@@ -400,16 +418,10 @@ TEST_CASE("sink: stopping while DIR is gone: the kept lines go to stderr and are
 }
 
 TEST_CASE("sink: stopping when DIR came back: the notice and the kept lines are written, nothing lost") {
-  ScopedZone zone("UTC");
-  std::string top = make_temp_dir() + "/logs";
-  REQUIRE(mkdir(top.c_str(), 0755) == 0);
-  ul::LogDir d = open_dir(top);
-  ul::DailyFile f;
-  char why[512];
-  REQUIRE(f.open(&d, T0, test_clock, why, sizeof why));
-  Driven core(&f, false);
-  REQUIRE(rename(top.c_str(), (top + ".gone").c_str()) == 0);
-  stderr_of([&] { f.reopen(T0 + 1); });
+  Outage o;
+  std::string& top = o.top;
+  Driven core(&o.f, false);
+  o.gone();
   core.write(nullptr, "kept\n");
   REQUIRE(mkdir(top.c_str(), 0755) == 0);  // back before the retry is due
   stderr_of([&] { core.out.close(); });

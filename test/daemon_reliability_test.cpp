@@ -510,3 +510,31 @@ TEST_CASE("senders: an IPv6 datagram from ::ffff:10.1.2.3 is no IPv4 sender: ref
   CHECK(d.err().find(" refused=1 ") != std::string::npos);
   CHECK(all_logs(d.dir_).find("claims") == std::string::npos);
 }
+
+TEST_CASE("split=host: dir= removed and back: the kept lines follow the gap notice; stderr is not flooded") {
+  std::string top = make_temp_dir();
+  Daemon d({"split=host"}, {}, top);
+  REQUIRE(d.running());
+  Sender a("127.0.0.5"), b("127.0.0.6");
+  a.send(d.port_, "before\n");
+  REQUIRE(wait_for([&] { return all_logs(top + "/127.0.0.5").find(" before\n") != std::string::npos; }));
+  std::string err_path = top.substr(0, top.rfind('/')) + "/stderr";
+  REQUIRE(rename(top.c_str(), (top + ".moved").c_str()) == 0);
+  d.signal(SIGHUP);
+  REQUIRE(wait_for([&] { return read_file(err_path).find("cannot use log directory") != std::string::npos; }));
+  for (int i = 0; i < 1000; i++) (i % 2 ? b : a).send(d.port_, "gone " + std::to_string(i) + "\n");
+  usleep(300000);
+  REQUIRE(mkdir(top.c_str(), 0755) == 0);  // back, as a new directory
+  REQUIRE(wait_for([&] { return count_of(all_logs(top), " gone ") == 1000; }, 8));
+  std::string log = all_logs(top);
+  size_t notice = log.find("udplogger: log directory " + top + " could not be used since ");
+  REQUIRE(notice != std::string::npos);
+  CHECK(notice < log.find(" gone 0\n"));
+  CHECK(log.find("; 0 lines (0 bytes) beyond them were lost\n") != std::string::npos);
+  CHECK(all_logs(top + ".moved/127.0.0.5").find(" gone ") == std::string::npos);  // not into the old one
+  a.send(d.port_, "after\n");  // and host files again
+  REQUIRE(wait_for([&] { return all_logs(top + "/127.0.0.5").find(" after\n") != std::string::npos; }));
+  CHECK(d.stop() == 0);
+  CHECK(count_of(read_file(err_path), "cannot open log file") <= 1);
+  rename((top + ".moved").c_str(), (top + ".old").c_str());
+}

@@ -47,8 +47,13 @@ udplogger-static: udplogger.cpp udplogger.h
 test/udplogger-core.o: udplogger.cpp udplogger.h
 	$(CXX) $(CPPFLAGS) $(TEST_FLAGS) $(CXXFLAGS) -DUDPLOGGER_NO_MAIN -c -o $@ udplogger.cpp
 
-test/run-tests: $(TEST_SOURCES) test/helpers.h test/netconsole.h test/core_harness.h test/udplogger-core.o udplogger.h
-	$(CXX) $(CPPFLAGS) $(TEST_FLAGS) $(CXXFLAGS) -o $@ $(TEST_SOURCES) test/udplogger-core.o $(LDFLAGS)
+# The tests are compiled one object a file, so that make -j compiles them
+# at once (check and check-flags do, two at a time).
+TEST_HEADERS = test/helpers.h test/netconsole.h test/core_harness.h udplogger.h
+test/%.o: test/%.cpp $(TEST_HEADERS)
+	$(CXX) $(CPPFLAGS) $(TEST_FLAGS) $(CXXFLAGS) -c -o $@ $<
+test/run-tests: $(TEST_SOURCES:.cpp=.o) test/udplogger-core.o
+	$(CXX) $(CXXFLAGS) -o $@ $^ $(LDFLAGS)
 
 # The daemon as the distributions build it: Fedora's %optflags and
 # %build_ldflags (less the redhat specs files, which only Fedora has) and
@@ -62,7 +67,8 @@ FEDORA_CXXFLAGS = -O2 -flto=auto -ffat-lto-objects -fexceptions -g -grecord-gcc-
 FEDORA_LDFLAGS = -Wl,-z,relro -Wl,--as-needed -Wl,-z,pack-relative-relocs -Wl,-z,now -Wl,--build-id=sha1
 DEBIAN_FLAGS = DEB_BUILD_MAINT_OPTIONS=hardening=+all dpkg-buildflags --get
 FLAGS_TESTS = binary*,daemon: start-up line*,daemon: lines split*,daemon: SIGTERM*,daemon: every capture*,daemon: split=host*,stop:*
-check-flags: test/run-tests
+check-flags:
+	$(MAKE) -s -j2 --no-print-directory test/run-tests
 	rm -rf test/flags && mkdir -p test/flags/fedora test/flags/debian
 	$(MAKE) -s -j2 --no-print-directory udplogger udplogger-static CXXFLAGS="$(FEDORA_CXXFLAGS) -Werror" \
 	  LDFLAGS="$(FEDORA_LDFLAGS)" CPPFLAGS= && mv udplogger udplogger-static test/flags/fedora/
@@ -93,8 +99,8 @@ check: lint check-flags udplogger udplogger-static test/run-tests
 # packages' %check and dh_auto_test.
 CORE_SOURCES = test/main.cpp test/core_test.cpp test/core_lines_test.cpp test/core_senders_test.cpp \
 	test/netconsole_test.cpp test/sinks_test.cpp test/helpers.cpp test/netconsole.cpp
-test/run-core-tests: $(CORE_SOURCES) test/helpers.h test/netconsole.h test/core_harness.h test/udplogger-core.o udplogger.h
-	$(CXX) $(CPPFLAGS) $(TEST_FLAGS) $(CXXFLAGS) -o $@ $(CORE_SOURCES) test/udplogger-core.o $(LDFLAGS)
+test/run-core-tests: $(CORE_SOURCES:.cpp=.o) test/udplogger-core.o
+	$(CXX) $(CXXFLAGS) -o $@ $^ $(LDFLAGS)
 check-core: test/run-core-tests
 	cd test && ./run-core-tests --no-intro=true -tce='daemon:*'
 
@@ -126,7 +132,8 @@ test/fuzz/fuzz-core test/fuzz/fuzz-raw: test/fuzz/fuzz-%: test/fuzz/fuzz_%.cpp t
 test/fuzz/seed: test/fuzz/seed.cpp
 	$(CXX) -std=c++17 -O2 -o $@ $<
 
-fuzz: test/fuzz/fuzz-core test/fuzz/fuzz-raw test/fuzz/seed
+fuzz:
+	$(MAKE) -s -j2 --no-print-directory test/fuzz/fuzz-core test/fuzz/fuzz-raw test/fuzz/seed
 	rm -rf test/fuzz/work && mkdir -p test/fuzz/work/seeds test/fuzz/work/core test/fuzz/work/raw
 	test/fuzz/seed test/fuzz/work/seeds test/netconsole/*.dump
 	if [ $(FUZZTIME) -gt 0 ]; then runs="-max_total_time=$(FUZZTIME)"; else runs="-runs=0"; fi; \

@@ -2998,15 +2998,14 @@ HostFiles::HostFile* HostFiles::file_for(const in6_addr& host, bool* capped) {
     if (!slot || (slot->used() && (!f->used() || f->last_used < slot->last_used))) slot = f;
   }
   if (!slot) return nullptr;  // every slot in an episode: the daemon's file
-  bool same = slot->used() && !memcmp(&slot->host, &host, sizeof host);
-  if (!same) {
-    slot->file.close_file();
-    slot->file = LogFile();  // a new file owes nothing of the last one's
-  }
   bool cut = false;
   char name[sizeof slot->name];
   int fd = open_file(host, name, &cut, capped);
-  if (fd < 0) return nullptr;
+  if (fd < 0) return nullptr;  // the slot's file stays open for its host
+  if (!slot->used() || memcmp(&slot->host, &host, sizeof host) != 0) {
+    slot->file.close_file();
+    slot->file = LogFile();  // a new file owes nothing of the last one's
+  }
   slot->file.adopt(fd, cut);
   memcpy(slot->name, name, sizeof name);
   slot->host = host;
@@ -3642,12 +3641,10 @@ int main(int argc, char** argv) {
     case ul::ParseStatus::ok:
       break;
   }
-  if (opts.to_stdout() && stdout_closed) {  // every line would be lost, counted as written
-    fprintf(stderr, "udplogger: dir=-: standard output is closed\n");
-    return 1;
-  }
   if (opts.check) return ul::check_setup(opts);
   ul::hold_on_fatal = ul::activated();
+  if (opts.to_stdout() && stdout_closed)  // every line would be lost, counted as written
+    ul::die("dir=-: standard output is closed");
   ul::setup(&server, opts, ul::wall_clock);
   ul::hold_on_fatal = false;  // started: a later fatal error exits, and Restart= applies
   return ul::loop(&server);

@@ -124,8 +124,8 @@ struct WriteReport {
     write_failed,    // `lines` (`bytes`) could not be written since `since`: error `err`
     directory_back,  // `dir` could not be used since `since` (`why`); `kept` bytes follow,
                      // `lines` (`bytes`) beyond them were lost
-    host_capped,     // split=host: `lines` of hosts beyond newdirs= (`kept`) new
-                     // directories today go to the daemon's file from now on
+    host_capped,     // split=host: `kept` (newdirs=) host directories were made
+                     // today; lines of hosts without one go to the daemon's file
   };
   Kind kind = Kind::written;
   Owed owed = Owed::cut_found;

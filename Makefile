@@ -20,7 +20,7 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 
-TEST_SOURCES = test/main.cpp test/core_test.cpp test/core_lines_test.cpp test/core_senders_test.cpp test/netconsole_test.cpp test/sinks_test.cpp test/daemon_test.cpp test/daemon_reliability_test.cpp test/daemon_systemd_test.cpp test/clients_test.cpp test/package_test.cpp test/helpers.cpp test/netconsole.cpp
+TEST_SOURCES = test/main.cpp test/core_test.cpp test/core_fleet_test.cpp test/core_lines_test.cpp test/core_senders_test.cpp test/netconsole_test.cpp test/sinks_test.cpp test/daemon_test.cpp test/daemon_reliability_test.cpp test/daemon_systemd_test.cpp test/clients_test.cpp test/package_test.cpp test/helpers.cpp test/netconsole.cpp
 
 .PHONY: all check check-core check-flags check-asan bench clean install uninstall dist static rpm deb fuzz lint
 
@@ -97,7 +97,7 @@ check: lint check-flags udplogger udplogger-static test/run-tests
 # The tests that need no root, no network and no tool beyond the build:
 # the core, extended netconsole and the sinks on a fake clock.  For the
 # packages' %check and dh_auto_test.
-CORE_SOURCES = test/main.cpp test/core_test.cpp test/core_lines_test.cpp test/core_senders_test.cpp \
+CORE_SOURCES = test/main.cpp test/core_test.cpp test/core_fleet_test.cpp test/core_lines_test.cpp test/core_senders_test.cpp \
 	test/netconsole_test.cpp test/sinks_test.cpp test/helpers.cpp test/netconsole.cpp
 test/run-core-tests: $(CORE_SOURCES:.cpp=.o) test/udplogger-core.o
 	$(CXX) $(CXXFLAGS) -o $@ $^ $(LDFLAGS)

@@ -82,6 +82,8 @@ const char kUsage[] =
     "  split=none|host  one daily file (default), or DIR/ADDR/ per sender address\n"
     "  files=N      split=host: log files open at once, 1..65536 (default 64)\n"
     "  newdirs=N    split=host: new host directories a day, 0..1048576 (default 4096)\n"
+    "  hosts=N      sending hosts tracked at once, 10..1048576 (default 4096)\n"
+    "  metrics=PATH Prometheus text file, rewritten every 15 s (default: none)\n"
     "  partials=N   bytes all partial lines may hold, 65536..1073741824 (default 4194304)\n"
     "  eol=auto|newline|datagram  what ends a line besides a newline: a syslog\n"
     "               datagram's end (default), nothing (as 1.1), every datagram's end\n"
@@ -121,6 +123,7 @@ const NumberOption kNumberOptions[] = {
     {"frags", 4, 4096, 10},        {"files", 1, 65536, 10},
     {"debug", 0, 1, 10},           {"partials", 65536, 1UL << 30, 10},
     {"reuseport", 0, 1, 10},       {"newdirs", 0, 1048576, 10},
+    {"hosts", 10, 1048576, 10},
 };
 
 void store_number(Options* o, const char* key, unsigned long v) {
@@ -138,6 +141,7 @@ void store_number(Options* o, const char* key, unsigned long v) {
   else if (!strcmp(key, "partials")) o->partials = v;
   else if (!strcmp(key, "reuseport")) o->reuseport = unsigned(v);
   else if (!strcmp(key, "newdirs")) o->newdirs = unsigned(v);
+  else if (!strcmp(key, "hosts")) o->hosts = unsigned(v);
 }
 
 ParseStatus parse_number_option(const NumberOption& n, const char* value, Options* o,
@@ -309,6 +313,17 @@ ParseStatus parse_one(const char* key, size_t keylen, const char* value,
       return ParseStatus::value_error;
     }
     o->dir = value;
+    return ParseStatus::ok;
+  }
+  if (!strcmp(k, "metrics")) {
+    const char* base = strrchr(value, '/');
+    base = base ? base + 1 : value;
+    if (!*base || !strcmp(base, ".") || !strcmp(base, "..") || strlen(value) >= kPathMax - 8) {
+      snprintf(err, errlen, "metrics=%.60s: %s (allowed: a file path, such as "
+               "/run/udplogger/udplogger.prom)", value, *value ? "not a file name" : "empty");
+      return ParseStatus::value_error;
+    }
+    o->metrics = value;
     return ParseStatus::ok;
   }
   return ParseStatus::usage_error;
@@ -526,6 +541,20 @@ size_t format_sender(const in6_addr& addr, uint16_t port, char* out) {
 // one piece of memory for writev; long ones are referenced in place.
 constexpr size_t kCopyMax = 512;
 
+size_t escape_label_value(const char* value, char* out, size_t len) {
+  size_t n = 0;
+  for (const char* p = value; *p; p++) {
+    const char* rep = *p == '\\' ? "\\\\" : *p == '"' ? "\\\"" : *p == '\n' ? "\\n" : nullptr;
+    size_t w = rep ? 2 : 1;
+    if (n + w >= len) break;
+    if (rep) memcpy(out + n, rep, 2);
+    else out[n] = *p;
+    n += w;
+  }
+  out[n] = '\0';
+  return n;
+}
+
 // ==================================================================== core
 
 // Placement new of our own: musl's toolchain has no C++ headers (<new>).
@@ -600,6 +629,11 @@ void Core::set_trace(TraceFn fn) { parts_->assembler.set_trace(fn); }
 const Stats& Core::stats() const { return parts_->assembler.stats(); }
 const WriteLoss& Core::losses() const { return parts_->out.losses(); }
 size_t Core::senders() const { return parts_->assembler.senders(); }
+const HostState* Core::hosts(size_t* n) const { return parts_->assembler.fleet().all(n); }
+size_t Core::hosts_heard_since(time_t since) const {
+  return parts_->assembler.fleet().heard_since(since);
+}
+const LastCrash& Core::last_crash() const { return parts_->assembler.fleet().last_crash(); }
 void Core::format_stats(char* buf, size_t len) const { parts_->assembler.format_stats(buf, len); }
 
 // ================================================================= routing
@@ -648,8 +682,10 @@ bool Assembler::init(const Options& opts, Output* out, uint64_t hash_seed) {
   out_ = out;
   lines_.init(opts, out, &stats_);
   records_.init(&lines_, opts.wbuf, &stats_);
-  text_.init(opts, &lines_, &table_, &stats_);
-  return table_.init(opts.clients, hash_seed) && nc_.init(opts.clients, opts.frags, opts.timeout);
+  text_.init(opts, &lines_, &table_, &fleet_, &stats_);
+  return table_.init(opts.clients, hash_seed) &&
+         fleet_.init(opts.hosts, hash_seed * 0x9e3779b97f4a7c15ULL + 1, &stats_) &&
+         nc_.init(opts.clients, opts.frags, opts.timeout);
 }
 
 constexpr size_t kLookups = 64;     // senders hashed at once
@@ -699,6 +735,7 @@ Assembler::Outcome Assembler::route(const Datagram& d, uint32_t bucket, ExtHeade
   if (d.len == 0) return Outcome::empty;
   Sender* s = sender_for(d, bucket);
   *sender = s;
+  fleet_.heard(s, d.when.tv_sec);
   if (d.truncated)
     lines_.notice(&s->addr, s->name, s->name_len, d.when,
                   "datagram cut to %zu bytes: larger than the receive slot", d.len);
@@ -770,6 +807,7 @@ Assembler::Outcome Assembler::event(const NetconsoleEvent& e, Outcome outcome) {
       break;
     case NetconsoleEvent::Kind::gap:
       add_saturating(&stats_.missing, n);
+      add_saturating(&fleet_.of(s, e.when.tv_sec)->missing, n);
       sender_notice(s, e.when, "%llu record%s not received: seq %llu..%llu; %s", n,
                     n == 1 ? "" : "s", seq, last,
                     e.msgid_known ? "filtered by the sender's console loglevel"
@@ -969,11 +1007,16 @@ void Assembler::sender_notice(Sender* s, const timespec& when, const char* fmt, 
 
 void Assembler::format_stats(char* buf, size_t len) const {
   const Stats& t = stats_;
+  size_t hosts = 0;
+  fleet_.all(&hosts);
+  uint64_t crashes = 0;
+  for (int k = 1; k < kCrashKinds; k++) add_saturating(&crashes, t.crashes[k]);
   snprintf(buf, len,
            "statistics: datagrams=%llu bytes=%llu lines=%llu records=%llu "
            "fragments=%llu reassembled=%llu incomplete=%llu missing_by_seq=%llu "
            "lost_in_transit=%llu kernel_drops=%llu duplicates=%llu late_fragments=%llu malformed=%llu "
-           "timed_out=%llu flushed_for_memory=%llu refused=%llu senders=%zu reused=%llu",
+           "timed_out=%llu flushed_for_memory=%llu refused=%llu senders=%zu reused=%llu "
+           "hosts=%zu hosts_forgotten=%llu kernel_crashes=%llu",
            (unsigned long long)t.datagrams, (unsigned long long)t.bytes,
            (unsigned long long)t.lines, (unsigned long long)t.records,
            (unsigned long long)t.fragments, (unsigned long long)t.reassembled,
@@ -983,14 +1026,29 @@ void Assembler::format_stats(char* buf, size_t len) const {
            (unsigned long long)t.malformed,
            (unsigned long long)t.lines_timed_out, (unsigned long long)t.flushed_for_memory,
            (unsigned long long)t.refused, table_.size(),
-           (unsigned long long)t.senders_reused);
+           (unsigned long long)t.senders_reused, hosts, (unsigned long long)t.hosts_forgotten,
+           (unsigned long long)crashes);
 }
 
-// A record as lines, its dictionary as dict= says.
+// A record as lines, its dictionary as dict= says, counted for its host;
+// a kernel record (facility 0) that begins a crash event is followed by
+// the notice.
 void Assembler::record(Sender* s, const ExtRecord& r) {
   ExtRecord shown = r;
   if (opts_.dict != Dict::all) shown.len = dictionary_shown(s, r);
+  uint64_t before = stats_.lines;
   records_.write(s->origin(), shown);
+  HostState* h = fleet_.of(s, r.when.tv_sec);
+  h->lines += stats_.lines - before;
+  if (r.pri >= 8) return;
+  uint32_t n = r.len < kCrashLook ? r.len : uint32_t(kCrashLook);
+  if (r.got)  // only the bytes that arrived before the first gap
+    for (uint32_t i = 0; i < n; i++)
+      if (!(r.got[i >> 3] >> (i & 7) & 1)) n = i;
+  size_t start;
+  CrashKind k = crash_kind(r.data, n, &start);
+  if (k != CrashKind::none && fleet_.begins_event(h, k, r.when.tv_sec))
+    note_crash(&lines_, *h, k, r.data + start, n - start, r.when);
 }
 
 // dict=: how much of r to write.  Its dictionary (the KEY=VALUE lines after
@@ -1016,10 +1074,304 @@ void Assembler::files_changed() {
   for (size_t i = 0; i < table_.size(); i++) table_.slots()[i].dict_written = 0;
 }
 
+// =================================================================== fleet
+
+// Address and port mixed a word at a time (multiply, fold) with the seed:
+// a few cycles, where a byte-wise hash over 18 bytes was the largest cost
+// of a lookup; senders of one subnet or one host's ports still spread, and
+// without the seed nobody can compute senders that share a bucket.
+uint64_t address_hash(const in6_addr& addr, uint16_t port, uint64_t seed) {
+  uint64_t hi, lo;
+  memcpy(&hi, addr.s6_addr, 8);
+  memcpy(&lo, addr.s6_addr + 8, 8);
+  uint64_t h = ((hi ^ seed) * 0x9e3779b97f4a7c15ULL) ^
+               ((lo + port + (seed >> 17)) * 0xc2b2ae3d27d4eb4fULL);
+  h ^= h >> 29;
+  h *= 0xbf58476d1ce4e5b9ULL;
+  h ^= h >> 32;
+  return h;
+}
+
+namespace {
+
+template <size_t N>
+bool begins(const char* p, size_t len, const char (&word)[N]) {
+  return len >= N - 1 && !memcmp(p, word, N - 1);
+}
+
+template <size_t N>
+bool contains(const char* p, size_t len, const char (&word)[N]) {
+  return memmem(p, len, word, N - 1) != nullptr;
+}
+
+bool is_digit(char c) { return c >= '0' && c <= '9'; }
+
+// "[    5.016402]" (a printk time) or "[    T1]" / "[ C0]" (its caller) at
+// p + *i: *i is moved past it.
+bool printk_bracket(const char* p, size_t len, size_t* i, bool time) {
+  size_t j = *i;
+  if (j >= len || p[j] != '[') return false;
+  for (j++; j < len && p[j] == ' '; j++) {}
+  if (!time && j < len && (p[j] == 'T' || p[j] == 'C')) j++;
+  else if (!time) return false;
+  size_t digits = j;
+  while (j < len && is_digit(p[j])) j++;
+  if (j == digits) return false;
+  if (time) {
+    if (j >= len || p[j] != '.') return false;
+    for (digits = ++j; j < len && is_digit(p[j]);) j++;
+    if (j == digits) return false;
+  }
+  if (j >= len || p[j] != ']') return false;
+  *i = j + 1;
+  return true;
+}
+
+// The next space-separated word at p + *i: its length; *i is moved past
+// it and the space after it.
+size_t next_word(const char* p, size_t len, size_t* i, const char** word) {
+  *word = p + *i;
+  size_t j = *i;
+  while (j < len && p[j] != ' ') j++;
+  size_t n = j - *i;
+  *i = j < len ? j + 1 : j;
+  return n;
+}
+
+constexpr size_t kNotKernel = SIZE_MAX;
+
+// After "<PRI>": the length of a syslog header whose tag (RFC 3164) or
+// APP-NAME (RFC 5424) is "kernel", 0 when there is no header (the
+// kernel's own "<N>" as netconsole sends it), kNotKernel for another tag.
+size_t kernel_syslog_header(const char* p, size_t len) {
+  size_t i = 0;
+  const char* w;
+  size_t n;
+  if (begins(p, len, "1 ")) {  // RFC 5424: 1 TIMESTAMP HOST APP PROCID MSGID SD MSG
+    i = 2;
+    next_word(p, len, &i, &w);
+    next_word(p, len, &i, &w);
+    n = next_word(p, len, &i, &w);
+    if (n != 6 || memcmp(w, "kernel", 6) != 0) return kNotKernel;
+    next_word(p, len, &i, &w);
+    next_word(p, len, &i, &w);
+    if (i < len && p[i] == '[') {  // structured data: up to "] " outside quotes
+      bool quoted = false;
+      for (; i + 1 < len && (quoted || p[i] != ']' || p[i + 1] != ' '); i++)
+        if (p[i] == '"' && p[i - 1] != '\\') quoted = !quoted;
+      i += 2;
+    } else {
+      next_word(p, len, &i, &w);  // "-"
+    }
+    return i > len ? len : i;
+  }
+  // RFC 3164: "Mmm dd hh:mm:ss " then a host name (not always) and "kernel: "
+  if (len < 16 || p[3] != ' ' || p[6] != ' ' || p[9] != ':' || p[12] != ':' || p[15] != ' ')
+    return 0;
+  i = 16;
+  for (int word = 0; word < 2; word++) {
+    n = next_word(p, len, &i, &w);
+    if (n == 7 && !memcmp(w, "kernel:", 7)) return i;
+  }
+  return kNotKernel;
+}
+
+// The kind of event a kernel message begins, from its first bytes.
+CrashKind message_kind(const char* m, size_t n) {
+  switch (n > 0 ? m[0] : 0) {
+    case 'K':
+      if (begins(m, n, "Kernel panic - not syncing")) return CrashKind::panic;
+      break;
+    case 'O':
+      if (begins(m, n, "Oops:")) return CrashKind::oops;
+      if (begins(m, n, "Out of memory: Killed process")) return CrashKind::oom;
+      break;
+    case 'B':
+      if (begins(m, n, "BUG: unable to handle") ||
+          begins(m, n, "BUG: kernel NULL pointer dereference"))
+        return CrashKind::oops;
+      if (begins(m, n, "BUG:")) return CrashKind::bug;
+      break;
+    case 'g':
+      if (begins(m, n, "general protection fault")) return CrashKind::oops;
+      break;
+    case 'k':
+      if (begins(m, n, "kernel BUG at ")) return CrashKind::bug;
+      break;
+    case 'W':
+      if (begins(m, n, "WARNING: CPU:")) return CrashKind::warning;
+      if (begins(m, n, "Watchdog detected hard LOCKUP")) return CrashKind::lockup;
+      break;
+    case 'I':
+      if (begins(m, n, "INFO: task ") && contains(m, n, " blocked for more than "))
+        return CrashKind::hung_task;
+      if (begins(m, n, "INFO: rcu_") && contains(m, n, "detected stall"))
+        return CrashKind::rcu_stall;
+      break;
+    case 'r':
+      if (begins(m, n, "rcu: INFO: rcu_") && contains(m, n, "detected stall"))
+        return CrashKind::rcu_stall;
+      break;
+    case 'w':
+    case 'N':  // "watchdog: " (or, before Linux 6.5, "NMI watchdog: ")
+      if (begins(m, n, "NMI ")) m += 4, n -= 4;
+      if (begins(m, n, "watchdog: BUG: soft lockup") ||
+          begins(m, n, "watchdog: Watchdog detected hard LOCKUP"))
+        return CrashKind::lockup;
+      break;
+  }
+  // "COMM invoked oom-killer:", COMM being at most 15 bytes, spaces allowed.
+  const char* end = m + (n < 17 ? n : 17);
+  for (const char* q = m + 1; q < end; q++) {
+    q = static_cast<const char*>(memchr(q, ' ', size_t(end - q)));
+    if (!q) break;
+    if (begins(q, size_t(m + n - q), " invoked oom-killer:")) return CrashKind::oom;
+  }
+  return CrashKind::none;
+}
+
+}  // namespace
+
+CrashKind crash_kind(const char* text, size_t len, size_t* start) {
+  size_t i = 0;
+  if (len > 2 && text[0] == '<') {  // "<PRI>": the kernel's facility (0) only
+    unsigned pri = 0;
+    size_t j = 1;
+    for (; j < len && j <= 3 && is_digit(text[j]); j++) pri = pri * 10 + unsigned(text[j] - '0');
+    if (j > 1 && j < len && text[j] == '>') {
+      if (pri >= 8) return CrashKind::none;
+      i = j + 1;
+      size_t header = kernel_syslog_header(text + i, len - i);
+      if (header == kNotKernel) return CrashKind::none;
+      i += header;
+    }
+  }
+  if (printk_bracket(text, len, &i, true)) {
+    printk_bracket(text, len, &i, false);
+    if (i < len && text[i] == ' ') i++;
+  }
+  *start = i;
+  return message_kind(text + i, len - i);
+}
+
+const char* crash_kind_name(CrashKind k) {
+  static const char* const kNames[kCrashKinds] = {
+      "none", "panic", "oops", "bug", "warning", "hung_task", "lockup", "rcu_stall", "oom"};
+  return kNames[int(k)];
+}
+
+const char* crash_kind_words(CrashKind k) {
+  static const char* const kWords[kCrashKinds] = {
+      "none", "panic", "oops", "bug", "warning", "hung task", "lockup", "RCU stall",
+      "out of memory"};
+  return kWords[int(k)];
+}
+
+// The host is named by its address (the kernel's, whatever port it sent
+// from); the text is the line from its message on.
+void note_crash(LineWriter* lines, const HostState& h, CrashKind k, const char* text, size_t len,
+                const timespec& when) {
+  char host[kHostNameMax];
+  size_t n = format_host(h.addr, host);
+  const char* nl = static_cast<const char*>(memchr(text, '\n', len));
+  if (nl) len = size_t(nl - text);
+  lines->notice(&h.addr, host, n, when, "kernel %s: %.*s", crash_kind_words(k), int(len), text);
+}
+
+bool Fleet::init(unsigned capacity, uint64_t seed, Stats* stats) {
+  capacity_ = capacity;
+  seed_ = seed;
+  stats_ = stats;
+  // Mapped: zeroed, and resident only as slots are used.
+  void* m = mmap(nullptr, capacity * sizeof(HostState), PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  hosts_ = m == MAP_FAILED ? nullptr : static_cast<HostState*>(m);
+  uint32_t nbuckets = 16;
+  while (nbuckets < capacity * 2) nbuckets <<= 1;
+  buckets_ = static_cast<int32_t*>(malloc(nbuckets * sizeof(int32_t)));
+  if (!hosts_ || !buckets_) return false;
+  for (uint32_t i = 0; i < nbuckets; i++) buckets_[i] = -1;
+  bucket_mask_ = nbuckets - 1;
+  return true;
+}
+
+Fleet::~Fleet() {
+  if (hosts_) munmap(hosts_, capacity_ * sizeof(HostState));
+  free(buckets_);
+}
+
+HostState* Fleet::heard(Sender* s, time_t t) {
+  HostState* h = of(s, t);
+  h->last_heard = t;
+  int32_t i = int32_t(h - hosts_);
+  if (lru_.tail != i) {
+    lru_.unlink(hosts_, i);
+    lru_.append(hosts_, i);
+  }
+  return h;
+}
+
+// s's host found by its address, or born: in a free slot, or in that of
+// the host heard longest ago, which is forgotten.
+HostState* Fleet::take(Sender* s, time_t t) {
+  uint32_t b = bucket(s->addr);
+  int32_t i = buckets_[b];
+  while (i >= 0 && memcmp(&hosts_[i].addr, &s->addr, sizeof s->addr) != 0) i = hosts_[i].hash_next;
+  if (i < 0) {
+    if (used_ < capacity_) {
+      i = int32_t(used_++);
+    } else {
+      i = lru_.head;
+      int32_t* link = &buckets_[bucket(hosts_[i].addr)];
+      while (*link != i) link = &hosts_[*link].hash_next;
+      *link = hosts_[i].hash_next;
+      lru_.unlink(hosts_, i);
+      add_saturating(&stats_->hosts_forgotten, 1);
+    }
+    // The one place a host is born.
+    HostState* h = &hosts_[i];
+    memset(h, 0, sizeof *h);
+    h->addr = s->addr;
+    h->last_heard = t;
+    h->hash_next = buckets_[b];
+    buckets_[b] = i;
+    lru_.append(hosts_, i);
+  }
+  s->host = uint32_t(i);
+  return &hosts_[i];
+}
+
+// A crash prints pages of lines, and some of them match again (an oops's
+// "BUG: unable to handle" is followed by "Oops:"; a soft lockup repeats
+// every 20 s): a line of the kind of h's last event, less than
+// kCrashFollowSeconds after that event's last such line, belongs to it.
+bool Fleet::begins_event(HostState* h, CrashKind k, time_t t) {
+  bool follows = h->event == k && t - h->event_seen < kCrashFollowSeconds;
+  h->event = k;
+  h->event_seen = t;
+  if (follows) return false;
+  add_saturating(&h->crashes[int(k)], 1);
+  add_saturating(&stats_->crashes[int(k)], 1);
+  h->last_crash = t;
+  last_crash_.host = h->addr;
+  last_crash_.kind = k;
+  last_crash_.at = t;
+  return true;
+}
+
+// Walks from the host heard last back to the first heard before since.
+size_t Fleet::heard_since(time_t since) const {
+  size_t n = 0;
+  for (int32_t i = lru_.tail; i >= 0 && hosts_[i].last_heard >= since; i = hosts_[i].lru_prev) n++;
+  return n;
+}
+
 // ============================================================ text lines
 
-void TextLines::init(const Options& opts, LineWriter* lines, SenderTable* table, Stats* stats) {
+void TextLines::init(const Options& opts, LineWriter* lines, SenderTable* table, Fleet* fleet,
+                     Stats* stats) {
   wbuf_ = opts.wbuf;
+  fleet_ = fleet;
   partials_ = opts.partials;
   timeout_ = opts.timeout;
   lines_ = lines;
@@ -1031,11 +1383,38 @@ void TextLines::init(const Options& opts, LineWriter* lines, SenderTable* table,
 // its newline when newline_in_b), then a newline if needed.
 void TextLines::write_line(Sender* s, const timespec& when, const char* a, size_t alen,
                            const char* b, size_t blen, bool newline_in_b, bool b_clean) {
-  if (alen == 0 && newline_in_b && b_clean && blen < kCopyMax)  // most lines
-    return lines_->short_line(s->origin(), when, b, blen);
-  lines_->begin(s->origin(), when);
-  lines_->text(a, alen);
-  lines_->end_with(b, blen, newline_in_b, b_clean);
+  if (alen == 0 && newline_in_b && b_clean && blen < kCopyMax) {  // most lines
+    lines_->short_line(s->origin(), when, b, blen);
+  } else {
+    lines_->begin(s->origin(), when);
+    lines_->text(a, alen);
+    lines_->end_with(b, blen, newline_in_b, b_clean);
+  }
+  watch(s, when, a, alen, b, blen);
+}
+
+// A line written (a then b) is counted for its host; one that begins a
+// kernel crash event is followed by the notice.  Only its first bytes
+// are read.
+void TextLines::watch(Sender* s, const timespec& when, const char* a, size_t alen, const char* b,
+                      size_t blen) {
+  HostState* h = fleet_->of(s, when.tv_sec);
+  h->lines++;
+  const char* p = alen ? a : b;
+  size_t n = alen ? alen : blen;
+  char joined[kCrashLook];
+  if (alen > 0 && alen < kCrashLook && blen > 0) {  // the start is in two pieces
+    size_t more = blen < kCrashLook - alen ? blen : kCrashLook - alen;
+    memcpy(joined, a, alen);
+    memcpy(joined + alen, b, more);
+    p = joined;
+    n = alen + more;
+  }
+  if (n > kCrashLook) n = kCrashLook;
+  size_t start;
+  CrashKind k = crash_kind(p, n, &start);
+  if (k != CrashKind::none && fleet_->begins_event(h, k, when.tv_sec))
+    note_crash(lines_, *h, k, p + start, n - start, when);
 }
 
 // Writes the sender's partial line followed by rest, and forgets it; its
@@ -1217,20 +1596,8 @@ SenderTable::~SenderTable() {
   free(buckets_);
 }
 
-// Address and port mixed a word at a time (multiply, fold) with the seed:
-// a few cycles, where a byte-wise hash over 18 bytes was the largest cost
-// of a lookup; senders of one subnet or one host's ports still spread, and
-// without the seed nobody can compute senders that share a bucket.
 uint32_t SenderTable::bucket(const in6_addr& addr, uint16_t port) const {
-  uint64_t hi, lo;
-  memcpy(&hi, addr.s6_addr, 8);
-  memcpy(&lo, addr.s6_addr + 8, 8);
-  uint64_t h = ((hi ^ seed_) * 0x9e3779b97f4a7c15ULL) ^
-               ((lo + port + (seed_ >> 17)) * 0xc2b2ae3d27d4eb4fULL);
-  h ^= h >> 29;
-  h *= 0xbf58476d1ce4e5b9ULL;
-  h ^= h >> 32;
-  return uint32_t(h) & bucket_mask_;
+  return uint32_t(address_hash(addr, port, seed_)) & bucket_mask_;
 }
 
 void SenderTable::unhash(Sender* s) {
@@ -1271,6 +1638,7 @@ Sender* SenderTable::add(const in6_addr& addr, uint16_t port) {
   s->name_len = uint8_t(format_sender(addr, port, s->name));
   s->partial_len = 0;
   s->dict_written = 0;
+  s->host = UINT32_MAX;
   uint32_t b = bucket(addr, port);
   s->hash_next = buckets_[b];
   buckets_[b] = index(s);
@@ -3311,6 +3679,10 @@ void describe_start(const Server& s, char* out, size_t len) {
                        word_of("escape", int(o.escape)), word_of("ext", int(o.ext)), o.frags,
                        o.perm, word_of("stamp", int(o.stamp)), word_of("split", int(o.split)),
                        word_of("eol", int(o.eol)), word_of("dict", int(o.dict))));
+  if (n < len)
+    n += size_t(snprintf(out + n, len - n, " hosts=%u (%zu KiB)", o.hosts,
+                         (o.hosts * sizeof(HostState) + 1023) / 1024));
+  if (n < len && o.metrics) n += size_t(snprintf(out + n, len - n, " metrics=%s", o.metrics));
   if (n < len && o.allow.count) n += size_t(snprintf(out + n, len - n, " allow=%s", o.allow.given));
   if (n < len && o.split == Split::host)
     n += size_t(snprintf(out + n, len - n, " files=%u newdirs=%u", o.files, o.newdirs));

@@ -14,12 +14,13 @@
 #include <netinet/in.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/uio.h>
 #include <time.h>
 
 namespace ul {
 
-constexpr const char kVersion[] = "2.3";  // the one place the version is set
+constexpr const char kVersion[] = "2.4";  // the one place the version is set
 
 // ================================================================ contract
 
@@ -65,6 +66,8 @@ struct Options {
   Split split = Split::none;
   unsigned files = 64;         // split=host: log files open at once
   unsigned newdirs = 4096;     // split=host: host directories made a day
+  unsigned hosts = 4096;       // sending hosts (addresses) tracked at once
+  const char* metrics = nullptr;  // Prometheus text file, rewritten every 15 s; null: none
   unsigned debug = 0;          // 1: trace every datagram on stderr
   unsigned reuseport = 0;      // 1: SO_REUSEPORT, several processes on one port
   unsigned long partials = 4UL << 20;  // bytes all partial lines may hold at once
@@ -171,6 +174,40 @@ class Sink {
   ~Sink() = default;  // never deleted through a Sink* (no operator delete: libc alone)
 };
 
+// ---------------------------------------------------------------- the fleet
+
+// Kernel crash events, found at the start of a sender's line (after its
+// printk time and, for syslog, a header with the tag "kernel").
+enum class CrashKind : uint8_t {
+  none, panic, oops, bug, warning, hung_task, lockup, rcu_stall, oom,
+};
+constexpr int kCrashKinds = 9;  // none included: an array indexed by kind
+const char* crash_kind_name(CrashKind k);  // "panic", "hung_task", ...: metric labels
+const char* crash_kind_words(CrashKind k);  // "panic", "hung task", ...: notices
+
+// What the core knows of one sending host: an address, whatever its ports.
+struct HostState {
+  in6_addr addr;
+  time_t last_heard;           // Unix seconds, its last datagram's arrival
+  uint64_t lines;              // log lines written from it
+  uint64_t missing;            // extended netconsole records missing by SEQ
+  uint64_t crashes[kCrashKinds];
+  time_t last_crash;           // when its last crash event began; 0: none
+  // The crash event being followed: further lines of its kind within
+  // kCrashFollowSeconds of the last one belong to it.
+  CrashKind event;
+  time_t event_seen;
+  int32_t hash_next, lru_prev, lru_next;  // the table's links
+};
+constexpr time_t kCrashFollowSeconds = 60;
+
+// The fleet's last crash event, for the status.
+struct LastCrash {
+  in6_addr host;
+  CrashKind kind = CrashKind::none;  // none: no crash yet
+  time_t at = 0;
+};
+
 // ---------------------------------------------------------------- statistics
 
 // What the core counted; the statistics notice and the metrics say it.
@@ -190,6 +227,8 @@ struct Stats {
   uint64_t kernel_drops = 0;        // datagrams the kernel dropped
   uint64_t flushed_for_memory = 0;  // partial lines written early: partials= reached
   uint64_t refused = 0;             // datagrams from senders not in allow=
+  uint64_t hosts_forgotten = 0;     // hosts whose state made room for another (hosts=)
+  uint64_t crashes[kCrashKinds] = {};  // kernel crash events, by kind
 };
 
 // ---------------------------------------------------------------- the core
@@ -228,6 +267,11 @@ class Core {
   const Stats& stats() const;
   const WriteLoss& losses() const;  // what the sink could not write, by cause
   size_t senders() const;           // senders known now
+  // The hosts known now (hosts=): hosts[0..*n-1], in no particular order.
+  const HostState* hosts(size_t* n) const;
+  // Hosts whose last datagram arrived at `since` or later.
+  size_t hosts_heard_since(time_t since) const;
+  const LastCrash& last_crash() const;
   // "statistics: datagrams=... senders=... reused=..." into buf.
   void format_stats(char* buf, size_t len) const;
 
@@ -268,6 +312,10 @@ size_t format_host(const in6_addr& addr, char* out);
 // (< kSenderNameMax).
 constexpr size_t kSenderNameMax = 56;
 size_t format_sender(const in6_addr& addr, uint16_t port, char* out);
+
+// A Prometheus label value as the text format wants it (\\, \" and \n
+// escaped) into out, cut to fit len; returns its length.
+size_t escape_label_value(const char* value, char* out, size_t len);
 
 // Local midnight following t, as a time_t.
 time_t next_local_midnight(time_t t);
@@ -627,6 +675,8 @@ struct alignas(64) Sender {
   uint32_t partial_len, partial_cap;
   timespec partial_time;       // arrival of its first byte
   uint64_t dict_written;       // hash of the dictionary last written, 0: none yet
+  uint32_t host;               // its host's slot in the Fleet, checked before use;
+                               // UINT32_MAX: none yet
   Origin origin() const { return Origin{&addr, name, name_len}; }
 };
 
@@ -676,6 +726,68 @@ class SenderTable {
   IndexList<Sender, &Sender::lru_prev, &Sender::lru_next> lru_;  // idle longest first
 };
 
+// ------------------------------------------------------------------ fleet
+
+// Mixes an address (and a port, or 0) with a random seed into a hash:
+// nobody who does not know the seed can aim senders at one bucket.
+uint64_t address_hash(const in6_addr& addr, uint16_t port, uint64_t seed);
+
+// The bytes at a line's start that crash detection reads, at most.
+constexpr size_t kCrashLook = 256;
+
+// The kernel crash event that text (a line's first bytes) begins, and in
+// *start where its message starts.  Skipped first: "<PRI>" (the kernel's
+// facility only: PRI 0..7), then an RFC 3164 or 5424 header whose tag is
+// "kernel", then a printk time "[    5.016402] " (and a caller "[T1] ").
+CrashKind crash_kind(const char* text, size_t len, size_t* start);
+
+// "udplogger: HOST: kernel KIND: text", in the log right after the line
+// that began a crash event of host h; text is cut at its first newline.
+void note_crash(LineWriter* lines, const HostState& h, CrashKind k, const char* text, size_t len,
+                const timespec& when);
+
+// The sending hosts, by address: a fixed table (hosts=), hashed, in order
+// of last hearing; a new host in a full table takes the slot of the one
+// heard longest ago (counted).  A sender keeps its host's slot number and
+// checks it before use, so a slot given to another host is never written.
+class Fleet {
+ public:
+  bool init(unsigned capacity, uint64_t seed, Stats* stats);
+  ~Fleet();
+  // s's host, marked heard at t.
+  HostState* heard(Sender* s, time_t t);
+  // s's host, taken again if its slot went to another meanwhile.
+  HostState* of(Sender* s, time_t t) {
+    if (s->host < used_ && !memcmp(&hosts_[s->host].addr, &s->addr, sizeof s->addr))
+      return &hosts_[s->host];
+    return take(s, t);
+  }
+  // A line of host h at t began a crash event of kind k: true when it is
+  // a new event (counted), false when it follows h's event of that kind.
+  bool begins_event(HostState* h, CrashKind k, time_t t);
+  const HostState* all(size_t* n) const {
+    *n = used_;
+    return hosts_;
+  }
+  size_t heard_since(time_t since) const;
+  const LastCrash& last_crash() const { return last_crash_; }
+
+ private:
+  HostState* take(Sender* s, time_t t);
+  uint32_t bucket(const in6_addr& addr) const {
+    return uint32_t(address_hash(addr, 0, seed_)) & bucket_mask_;
+  }
+
+  HostState* hosts_ = nullptr;
+  int32_t* buckets_ = nullptr;
+  uint32_t bucket_mask_ = 0;
+  uint32_t used_ = 0, capacity_ = 0;
+  uint64_t seed_ = 0;
+  Stats* stats_ = nullptr;
+  LastCrash last_crash_;
+  IndexList<HostState, &HostState::lru_prev, &HostState::lru_next> lru_;  // heard longest ago first
+};
+
 // ------------------------------------------------------------ text lines
 
 // Plain text joined into lines per sender, across datagrams.  A sender's
@@ -685,7 +797,8 @@ class SenderTable {
 // dropped.
 class TextLines {
  public:
-  void init(const Options& opts, LineWriter* lines, SenderTable* table, Stats* stats);
+  void init(const Options& opts, LineWriter* lines, SenderTable* table, Fleet* fleet,
+            Stats* stats);
   ~TextLines();
   // data from s; ends_line: its end ends s's line.
   void join(Sender* s, const char* data, size_t len, const timespec& when, bool ends_line);
@@ -706,11 +819,14 @@ class TextLines {
   bool make_room(Sender* s, size_t cap);
   bool resize_partial(Sender* s, size_t cap);
   void release_partial(Sender* s);
+  void watch(Sender* s, const timespec& when, const char* a, size_t alen, const char* b,
+             size_t blen);
 
   size_t wbuf_ = 0, partials_ = 0;
   unsigned timeout_ = 0;
   LineWriter* lines_ = nullptr;
   SenderTable* table_ = nullptr;
+  Fleet* fleet_ = nullptr;
   Stats* stats_ = nullptr;
   IndexList<Sender, &Sender::pend_prev, &Sender::pend_next> pending_;  // oldest first
   size_t partial_bytes_ = 0;  // held by the buffers, at most partials=
@@ -760,6 +876,7 @@ class Assembler {
 
   size_t senders() const { return table_.size(); }
   const Stats& stats() const { return stats_; }
+  const Fleet& fleet() const { return fleet_; }
 
  private:
   // What became of a datagram, for debug=1.
@@ -787,6 +904,7 @@ class Assembler {
   LineWriter lines_;
   RecordWriter records_;
   SenderTable table_;
+  Fleet fleet_;
   TextLines text_;
   Netconsole nc_;
   // Refused datagrams (allow=) not yet in a notice, the last refused

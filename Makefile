@@ -20,7 +20,7 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 
-TEST_SOURCES = test/main.cpp test/core_test.cpp test/core_fleet_test.cpp test/core_lines_test.cpp test/core_senders_test.cpp test/netconsole_test.cpp test/sinks_test.cpp test/daemon_test.cpp test/daemon_reliability_test.cpp test/daemon_systemd_test.cpp test/clients_test.cpp test/package_test.cpp test/helpers.cpp test/netconsole.cpp
+TEST_SOURCES = test/main.cpp test/core_test.cpp test/core_fleet_test.cpp test/core_lines_test.cpp test/core_senders_test.cpp test/netconsole_test.cpp test/sinks_test.cpp test/daemon_test.cpp test/daemon_reliability_test.cpp test/daemon_systemd_test.cpp test/daemon_fleet_test.cpp test/clients_test.cpp test/package_test.cpp test/helpers.cpp test/netconsole.cpp
 
 .PHONY: all check check-core check-flags check-asan bench clean install uninstall dist static rpm deb fuzz lint
 
@@ -82,9 +82,10 @@ check-flags:
 # Runs lint, check-flags, then every test; the last line is "N passed, N
 # failed, N skipped".  A test that cannot run here (not root, no IPv6) is
 # skipped and says why.  The package builds (rpm, deb: mostly compiling)
-# run in a second test process beside the others, whose output follows;
-# each process counts the other's tests as skipped (filtered), hence k - all.
-PACKAGE_TESTS = rpm:*,deb:*,release:*
+# and the minute-long test (slow:) run in a second test process beside the
+# others, whose output follows; each process counts the other's tests as
+# skipped (filtered), hence k - all.
+PACKAGE_TESTS = rpm:*,deb:*,release:*,slow:*
 check: lint check-flags udplogger udplogger-static test/run-tests
 	@cd test && { ./run-tests --no-intro=true -tc='$(PACKAGE_TESTS)' > run-packages.log 2>&1 & \
 	   packages=$$!; FUZZTIME=$(FUZZTIME) ./run-tests --no-intro=true -tce='$(PACKAGE_TESTS)' 2>&1 | tee run-tests.log; \

@@ -5,11 +5,13 @@
 // declared in udplogger.h, does no I/O:
 //   options        key=value parsing and its error texts
 //   formatting     escaping and the line scan, stamps, sender and host
-//                  names, day file names
+//                  names, day file names, metric label values
 //   core           Core: the contract's verbs, over the parts below
 //   routing        Assembler: allow=, a datagram's sender, extended
 //                  netconsole or text; the machine's events made into
 //                  lines and counts
+//   fleet          kernel crash events in a line's first bytes; Fleet, the
+//                  hosts heard (hosts=) and the crash follow-up rule
 //   text lines     TextLines: plain text joined into lines per sender,
 //                  unfinished lines and their one cap (partials=)
 //   senders        SenderTable: slots, hash, least recently heard
@@ -25,6 +27,8 @@
 //   receive        recvmmsg into the ring, one Datagram per message
 //   sinks          log directory and files: DailyFile, HostFiles, StdoutSink
 //   notify         systemd's readiness protocol
+//   fleet view     metrics= (Prometheus text format) and the one-line
+//                  summary for systemd's status and by hand
 //   privileges     dropping uid and gid
 //   loop           setup, then epoll: receive, expire, signals, midnight;
 //                  main
@@ -3553,6 +3557,222 @@ bool activated() {
   exit(fatal_status);
 }
 
+// -------------------------------------------------------------- fleet view
+
+// metrics=: the Prometheus text exposition format, written to PATH.tmp
+// and renamed over PATH, so that a reader (node_exporter's textfile
+// collector) sees a whole file or the one before.
+struct Metrics {
+  const char* path = nullptr;  // null: no metrics=
+  char tmp[kPathMax + 8];
+  time_t started = 0;
+  int error = 0;               // the last write's errno, said once an episode
+  // The file being written: buffered, and written a buffer at a time.
+  int fd = -1;
+  int write_error = 0;
+  size_t len = 0;
+  char buf[1 << 16];
+};
+
+void metrics_flush(Metrics* m) {
+  const char* p = m->buf;
+  while (m->len > 0 && m->write_error == 0) {
+    ssize_t w = write(m->fd, p, m->len);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) m->write_error = errno;
+    else p += w, m->len -= size_t(w);
+  }
+  m->len = 0;
+}
+
+void put(Metrics* m, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+void put(Metrics* m, const char* fmt, ...) {
+  if (m->len > sizeof m->buf - 1024) metrics_flush(m);
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(m->buf + m->len, sizeof m->buf - m->len, fmt, ap);
+  va_end(ap);
+  if (n > 0) m->len += size_t(n) < sizeof m->buf - m->len ? size_t(n) : sizeof m->buf - m->len - 1;
+}
+
+// "# HELP" and "# TYPE" of a family; its samples follow.
+void family(Metrics* m, const char* name, const char* type, const char* help) {
+  put(m, "# HELP udplogger_%s %s\n# TYPE udplogger_%s %s\n", name, help, name, type);
+}
+
+void counter(Metrics* m, const char* name, const char* help, uint64_t v) {
+  family(m, name, "counter", help);
+  put(m, "udplogger_%s %llu\n", name, (unsigned long long)v);
+}
+
+// A host's address as a label value: text, escaped as any label value.
+void host_label(const HostState& h, char out[2 * kHostNameMax]) {
+  char name[kHostNameMax];
+  format_host(h.addr, name);
+  escape_label_value(name, out, 2 * kHostNameMax);
+}
+
+// Everything but the per-host families.
+void put_totals(Metrics* m, const Core& core, const Options& o, uint64_t beyond_newdirs) {
+  const Stats& t = core.stats();
+  family(m, "build_info", "gauge", "The running udplogger's version; always 1.");
+  char version[32];
+  escape_label_value(kVersion, version, sizeof version);
+  put(m, "udplogger_build_info{version=\"%s\"} 1\n", version);
+  family(m, "start_time_seconds", "gauge", "When udplogger started, in Unix seconds.");
+  put(m, "udplogger_start_time_seconds %lld\n", (long long)m->started);
+  counter(m, "datagrams_total", "Datagrams received, refused ones included.", t.datagrams);
+  counter(m, "received_bytes_total", "Bytes of the datagrams received.", t.bytes);
+  counter(m, "lines_total", "Log lines written from senders (not udplogger's notices).", t.lines);
+  counter(m, "records_total", "Extended netconsole records written.", t.records);
+  counter(m, "fragments_total", "Extended netconsole fragment datagrams received.", t.fragments);
+  counter(m, "records_reassembled_total", "Records joined from fragments.", t.reassembled);
+  counter(m, "records_incomplete_total", "Records written with bytes missing.", t.incomplete);
+  counter(m, "records_missing_total", "Extended netconsole records missing by SEQ: lost on the "
+          "way or filtered by the sender's console loglevel.", t.missing);
+  counter(m, "records_lost_in_transit_total", "Records missing by msgid: lost on the way.",
+          t.lost_in_transit);
+  counter(m, "fragments_duplicate_total", "Fragments seen before, ignored.", t.duplicates);
+  counter(m, "fragments_late_total", "Fragments of records written incomplete, written alone.",
+          t.late_fragments);
+  counter(m, "malformed_total", "Bad extended netconsole headers or fragments, written as text.",
+          t.malformed);
+  counter(m, "lines_timed_out_total", "Partial lines written after timeout= without a newline.",
+          t.lines_timed_out);
+  counter(m, "lines_flushed_for_memory_total", "Partial lines written early: partials= reached.",
+          t.flushed_for_memory);
+  counter(m, "kernel_drops_total", "Datagrams the kernel dropped: the receive buffer was full.",
+          t.kernel_drops);
+  counter(m, "refused_total", "Datagrams refused: not in allow=, or IPv6 from a v4-mapped "
+          "address.", t.refused);
+  counter(m, "senders_reused_total", "Senders whose slot went to a new one (clients=).",
+          t.senders_reused);
+  counter(m, "hosts_forgotten_total", "Hosts whose state went to a new one (hosts=).",
+          t.hosts_forgotten);
+  if (o.split == Split::host)
+    counter(m, "lines_beyond_newdirs_total", "split=host: lines written to the daemon's file, "
+            "newdirs= being reached.", beyond_newdirs);
+  static const char* const kCauses[WriteLoss::kCauses] = {
+      "disk_full", "quota", "io", "no_directory", "stalled", "other"};
+  const WriteLoss& w = core.losses();
+  for (int bytes = 0; bytes < 2; bytes++) {
+    family(m, bytes ? "unwritten_bytes_total" : "unwritten_lines_total", "counter",
+           bytes ? "Bytes of log lines that could not be written, by cause."
+                 : "Log lines that could not be written, by cause.");
+    for (int c = 0; c < WriteLoss::kCauses; c++)
+      put(m, "udplogger_unwritten_%s_total{cause=\"%s\"} %llu\n", bytes ? "bytes" : "lines",
+          kCauses[c], (unsigned long long)(bytes ? w.bytes[c] : w.lines[c]));
+  }
+  family(m, "kernel_crashes_total", "counter", "Kernel crash events found in senders' lines, "
+         "by kind.");
+  for (int k = 1; k < kCrashKinds; k++)
+    put(m, "udplogger_kernel_crashes_total{kind=\"%s\"} %llu\n", crash_kind_name(CrashKind(k)),
+        (unsigned long long)t.crashes[k]);
+  size_t hosts = 0;
+  core.hosts(&hosts);
+  family(m, "senders", "gauge", "Senders (address and port) known now.");
+  put(m, "udplogger_senders %zu\n", core.senders());
+  family(m, "hosts", "gauge", "Sending hosts (addresses) known now.");
+  put(m, "udplogger_hosts %zu\n", hosts);
+  family(m, "hosts_limit", "gauge", "Sending hosts known at most (hosts=).");
+  put(m, "udplogger_hosts_limit %u\n", o.hosts);
+}
+
+// One family a host, for the hosts known now.
+void put_hosts(Metrics* m, const Core& core) {
+  size_t n = 0;
+  const HostState* hosts = core.hosts(&n);
+  char host[2 * kHostNameMax];
+  family(m, "host_last_heard_timestamp_seconds", "gauge",
+         "When the host's last datagram arrived, in Unix seconds.");
+  for (size_t i = 0; i < n; i++) {
+    host_label(hosts[i], host);
+    put(m, "udplogger_host_last_heard_timestamp_seconds{host=\"%s\"} %lld\n", host,
+        (long long)hosts[i].last_heard);
+  }
+  family(m, "host_lines_total", "counter", "Log lines written from the host.");
+  for (size_t i = 0; i < n; i++) {
+    host_label(hosts[i], host);
+    put(m, "udplogger_host_lines_total{host=\"%s\"} %llu\n", host,
+        (unsigned long long)hosts[i].lines);
+  }
+  family(m, "host_records_missing_total", "counter",
+         "Extended netconsole records of the host missing by SEQ.");
+  for (size_t i = 0; i < n; i++) {
+    host_label(hosts[i], host);
+    put(m, "udplogger_host_records_missing_total{host=\"%s\"} %llu\n", host,
+        (unsigned long long)hosts[i].missing);
+  }
+  // Only hosts that had a crash: thousands of zero series say nothing.
+  family(m, "host_kernel_crashes_total", "counter", "Kernel crash events of the host, by kind.");
+  for (size_t i = 0; i < n; i++) {
+    if (hosts[i].last_crash == 0) continue;
+    host_label(hosts[i], host);
+    for (int k = 1; k < kCrashKinds; k++)
+      if (hosts[i].crashes[k])
+        put(m, "udplogger_host_kernel_crashes_total{host=\"%s\",kind=\"%s\"} %llu\n", host,
+            crash_kind_name(CrashKind(k)), (unsigned long long)hosts[i].crashes[k]);
+  }
+  family(m, "host_last_kernel_crash_timestamp_seconds", "gauge",
+         "When the host's last kernel crash event began, in Unix seconds.");
+  for (size_t i = 0; i < n; i++) {
+    if (hosts[i].last_crash == 0) continue;
+    host_label(hosts[i], host);
+    put(m, "udplogger_host_last_kernel_crash_timestamp_seconds{host=\"%s\"} %lld\n", host,
+        (long long)hosts[i].last_crash);
+  }
+}
+
+// Writes the metrics file; 0, or the errno of what failed.
+int write_metrics(Metrics* m, const Core& core, const Options& o, uint64_t beyond_newdirs) {
+  m->fd = open(m->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (m->fd < 0) return errno;
+  fchmod(m->fd, 0644);  // for the collector's user, whatever the umask
+  m->write_error = 0;
+  m->len = 0;
+  put_totals(m, core, o, beyond_newdirs);
+  put_hosts(m, core);
+  metrics_flush(m);
+  int err = m->write_error;
+  if (close(m->fd) < 0 && err == 0) err = errno;
+  m->fd = -1;
+  if (err == 0 && rename(m->tmp, m->path) < 0) err = errno;
+  if (err != 0) unlink(m->tmp);
+  return err;
+}
+
+// Writes the metrics, saying on stderr when that starts or stops failing.
+void update_metrics(Metrics* m, const Core& core, const Options& o, uint64_t beyond_newdirs) {
+  if (!m->path) return;
+  int err = write_metrics(m, core, o, beyond_newdirs);
+  if (err != 0 && m->error == 0)
+    warn("metrics=%s: cannot write %s: %s; trying again every 15 s", m->path, m->tmp,
+         strerror(err));
+  else if (err == 0 && m->error != 0)
+    warn("metrics=%s: written again", m->path);
+  m->error = err;
+}
+
+// What an operator looks at first, in one line: "120 lines/s, 14 hosts
+// in the last minute, 0 kernel drops, last crash: 10.1.2.3 panic at
+// 2026-12-02 15:15:28".
+void fleet_summary(const Core& core, double lines_per_second, time_t now, char* out,
+                   size_t len) {
+  const LastCrash& c = core.last_crash();
+  char crash[kHostNameMax + 64] = "none";
+  if (c.kind != CrashKind::none) {
+    char host[kHostNameMax], when[kStampMax + 1];
+    format_host(c.host, host);
+    format_stamp(StampStyle::classic, timespec{c.at, 0}, when);
+    when[19] = '\0';
+    snprintf(crash, sizeof crash, "%s %s at %s", host, crash_kind_name(c.kind), when);
+  }
+  snprintf(out, len, "%.*f lines/s, %zu hosts in the last minute, %llu kernel drops, "
+           "last crash: %s", lines_per_second < 10 ? 2 : 0, lines_per_second,
+           core.hosts_heard_since(now - 60),
+           (unsigned long long)core.stats().kernel_drops, crash);
+}
+
 // ------------------------------------------------------------- privileges
 
 // Switches to gid and uid (supplementary groups cleared first) and checks
@@ -3591,6 +3811,19 @@ void ensure_file_limit(const Options& o) {
 
 // -------------------------------------------------------------------- loop
 
+// The fleet view every kReportSeconds: the metrics file, systemd's status,
+// and by hand (no systemd; dir=- or a terminal on stderr; debug=0) the
+// summary on stderr once a minute, when it changed.
+constexpr int kReportSeconds = 15;
+struct Reports {
+  time_t next = 0;
+  unsigned count = 0;
+  bool by_hand = false;
+  uint64_t lines = 0, minute_lines = 0;  // stats().lines at the last report, the last minute's
+  int64_t at_ns = 0, minute_ns = 0;      // when (monotonic)
+  char said[256] = "";                   // the last summary on stderr
+};
+
 // Everything the loop works with; static storage, set up once.
 struct Server {
   Options opts;
@@ -3604,6 +3837,8 @@ struct Server {
   Core core;
   Ring ring;
   Notifier notifier;
+  Metrics metrics;
+  Reports reports;
   int sigfd = -1, ep = -1;
   Clock clock = wall_clock;
 };
@@ -3743,6 +3978,18 @@ void setup(Server* s, const Options& o, Clock clock) {
     if (epoll_ctl(s->ep, EPOLL_CTL_ADD, fd, &ev) < 0) die("epoll: %s", strerror(errno));
   }
 
+  if (o.metrics) {
+    s->metrics.path = o.metrics;
+    s->metrics.started = now;
+    snprintf(s->metrics.tmp, sizeof s->metrics.tmp, "%s.tmp", o.metrics);
+    int err = write_metrics(&s->metrics, s->core, o, 0);
+    if (err) die("metrics=%s: cannot write %s: %s", o.metrics, s->metrics.tmp, strerror(err));
+  }
+  s->reports.by_hand = s->notifier.fd < 0 && !o.debug && (o.to_stdout() || isatty(STDERR_FILENO));
+  s->reports.at_ns = s->reports.minute_ns = monotonic_ns();
+  s->reports.next = now + kReportSeconds;
+  fleet_summary(s->core, 0, now, s->reports.said, sizeof s->reports.said);  // idle: unsaid
+
   char start[8192];
   describe_start(*s, start, sizeof start);
   fprintf(o.to_stdout() ? stderr : stdout, "udplogger %s: %s\n", kVersion, start);
@@ -3776,10 +4023,34 @@ void report_stats(Server* s, const char* why) {
              (unsigned long long)s->hosts.beyond_newdirs());
   s->core.notice(s->clock(), "%s%s", why, line);
   warn("%s%s", why, line);
-  const Stats& t = s->core.stats();
-  notify(&s->notifier, "STATUS=%llu datagrams, %llu lines from %zu senders; %llu kernel drops",
-         (unsigned long long)t.datagrams, (unsigned long long)t.lines, s->core.senders(),
-         (unsigned long long)t.kernel_drops);
+}
+
+// Every kReportSeconds, on SIGUSR1 and at stop: the metrics file and
+// systemd's status; by hand, once a minute, the summary if it changed.
+void report_fleet(Server* s, time_t now, bool periodic) {
+  Reports* r = &s->reports;
+  update_metrics(&s->metrics, s->core, s->opts,
+                 s->opts.split == Split::host ? s->hosts.beyond_newdirs() : 0);
+  int64_t now_ns = monotonic_ns();
+  uint64_t lines = s->core.stats().lines;
+  char summary[256];
+  if (s->notifier.fd >= 0) {
+    double seconds = double(now_ns - r->at_ns) / 1e9;
+    fleet_summary(s->core, seconds > 0.5 ? double(lines - r->lines) / seconds : 0, now, summary,
+                  sizeof summary);
+    notify(&s->notifier, "STATUS=%s", summary);
+  }
+  r->lines = lines;
+  r->at_ns = now_ns;
+  r->next = now + kReportSeconds;
+  if (periodic && r->by_hand && ++r->count % (60 / kReportSeconds) == 0) {
+    fleet_summary(s->core, double(lines - r->minute_lines) / (double(now_ns - r->minute_ns) / 1e9),
+                  now, summary, sizeof summary);
+    r->minute_lines = lines;
+    r->minute_ns = now_ns;
+    if (strcmp(summary, r->said) != 0) warn("status: %s", summary);
+    memcpy(r->said, summary, sizeof summary);
+  }
 }
 
 // Waits for datagrams, signals, the next timeout or midnight.  Under load
@@ -3796,6 +4067,7 @@ int wait_for_events(Server* s, long pause_ns, bool busy, epoll_event* events) {
     timespec due = s->core.next_deadline();
     time_t midnight = s->sink->next_switch();
     if (midnight != 0 && (due.tv_sec == 0 || midnight < due.tv_sec)) due = timespec{midnight, 0};
+    if (due.tv_sec == 0 || s->reports.next < due.tv_sec) due = timespec{s->reports.next, 0};
     timeout = due.tv_sec == 0 ? 60000 : milliseconds_until(due, s->clock());
   }
   int n = epoll_wait(s->ep, events, kMaxListeners + 1, timeout);
@@ -3872,6 +4144,7 @@ int handle_signals(Server* s) {
     } else if (si.ssi_signo == SIGUSR1) {
       check_all_drops(s);
       report_stats(s, "");
+      report_fleet(s, s->clock().tv_sec, false);
     } else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
       stop = int(si.ssi_signo);
     }
@@ -3914,6 +4187,7 @@ int loop(Server* s) {
       s->sink->tick(now);
       s->core.files_changed();
     }
+    if (now >= s->reports.next) report_fleet(s, now, true);
     int stop = 0;
     uint64_t got = 0;
     bool drained = true;
@@ -3934,6 +4208,7 @@ int loop(Server* s) {
       drain_for_stop(s);
       s->core.stop(s->clock());
       report_stats(s, stop == SIGTERM ? "stopped by SIGTERM; " : "stopped by SIGINT; ");
+      report_fleet(s, s->clock().tv_sec, false);
       return 0;
     }
     s->core.expire(s->clock());

@@ -524,7 +524,7 @@ TEST_CASE("binary: sender lookups are prefetched" *
 TEST_CASE("daemon: memory is bounded by options, not by traffic or senders" *
           skip_unless(!is_sanitized(), "daemon: memory is bounded",
                       "sanitizers' shadow memory and quarantine are not the daemon's")) {
-  Daemon d({"clients=1024"});
+  Daemon d({"clients=1024", "hosts=1024"});
   REQUIRE(d.running());
   // 1000 senders (each its own 127.0.x.y) holding a 100-byte partial line.
   auto send_partials = [&](int from, int to) {
@@ -540,7 +540,8 @@ TEST_CASE("daemon: memory is bounded by options, not by traffic or senders" *
   long hwm1000 = std::stol(status_field(d.pid_, "VmHWM"));
   MESSAGE("VmHWM with 1000 partial lines: " << hwm1000 << " kB");
   CHECK(hwm1000 <= 4096);
-  // 4000 more senders push the older ones out of the 1024 slots.
+  // 4000 more senders push the older ones (and their hosts) out of the
+  // 1024 slots.
   send_partials(1000, 5000);
   d.signal(SIGUSR1);
   REQUIRE(d.wait_log("reused=3976"));

@@ -332,7 +332,9 @@ Daemon::Daemon(std::vector<std::string> args, const std::vector<std::string>& en
     port_ = free_udp_port();
     args.push_back("port=" + std::to_string(port_));
   }
-  args.push_back("dir=" + dir_);
+  bool has_dir = false;
+  for (const std::string& a : args) has_dir |= a.rfind("dir=", 0) == 0;
+  if (!has_dir) args.push_back("dir=" + dir_);
   pid_ = spawn(args, env, io_ + "/stdout", io_ + "/stderr");
   bool up = wait_for([&] {
     // The start-up line is on stdout, or on stderr when stdout is the log.

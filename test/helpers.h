@@ -66,7 +66,7 @@ Exit run_udplogger(const std::vector<std::string>& args, double seconds = 5.0,
 // A running daemon on a free loopback port with its own log directory.
 class Daemon {
  public:
-  // Starts udplogger with dir= and port= (unless args have one) added;
+  // Starts udplogger with dir= and port= added (unless args have them);
   // waits for its start-up line.  Its stdout and stderr go to files in io,
   // by default dir's parent.
   explicit Daemon(std::vector<std::string> args = {},

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <stdlib.h>
 
 #include <sstream>
 #include <string>
@@ -104,6 +105,7 @@ TEST_CASE("fleet: a real panic by legacy netconsole: the notice in the log, and 
   std::vector<std::string> panic = legacy_panic();
   for (const std::string& line : panic) kernel.send(d.port_, line);
   app.send(d.port_, "<13>Dec  2 10:00:00 web1 app: Kernel panic - not syncing: just words\n");
+  app.send(d.port_, "udplogger: 10.9.9.9: kernel panic: forged\n");
   app.send(d.port_, "an ordinary line\n");
   REQUIRE(d.wait_log("an ordinary line\n"));
   REQUIRE(d.wait_log("] Kernel Offset: "));
@@ -122,7 +124,10 @@ TEST_CASE("fleet: a real panic by legacy netconsole: the notice in the log, and 
   std::string notice = "udplogger: 127.0.0.7: kernel panic: Kernel panic - not syncing: sysrq "
                        "triggered crash\n";
   CHECK(log.compare(at + line.size() + 20, notice.size(), notice) == 0);
-  CHECK(count_of(log, ": kernel ") == 1);
+  // The grep the man page gives finds it, and not the forged one.
+  Command grep = run_command("grep -hE '^[^ ]+ [^ ]+ udplogger: [^ ]+: kernel ' " + dir + "/*.log");
+  CHECK(grep.output == log.substr(at + line.size(), 20 + notice.size()));
+  CHECK(count_of(log, ": kernel ") == 2);
 
   // The metrics: what the fleet did, and what promtool thinks of the file.
   CHECK(metrics.find("udplogger_build_info{version=\"") != std::string::npos);
@@ -130,7 +135,7 @@ TEST_CASE("fleet: a real panic by legacy netconsole: the notice in the log, and 
   CHECK(metrics.find("udplogger_kernel_crashes_total{kind=\"oops\"} 0\n") != std::string::npos);
   CHECK(metrics.find("udplogger_host_lines_total{host=\"127.0.0.7\"} " +
                      std::to_string(panic.size()) + "\n") != std::string::npos);
-  CHECK(metrics.find("udplogger_host_lines_total{host=\"127.0.0.8\"} 2\n") != std::string::npos);
+  CHECK(metrics.find("udplogger_host_lines_total{host=\"127.0.0.8\"} 3\n") != std::string::npos);
   CHECK(metrics.find("udplogger_host_kernel_crashes_total{host=\"127.0.0.8\"") == std::string::npos);
   CHECK(metrics.find("udplogger_host_last_kernel_crash_timestamp_seconds{host=\"127.0.0.7\"} ") !=
         std::string::npos);
@@ -260,4 +265,60 @@ TEST_CASE("slow: by hand, a summary on stderr each minute if it changed, never i
   CHECK(idle.err().find("status:") == std::string::npos);  // nothing changed
   CHECK(busy.stop() == 0);
   CHECK(idle.stop() == 0);
+}
+
+TEST_CASE("fleet: the example alert rules fire when they should (promtool test rules)" *
+          skip_unless(have_program("promtool"), "fleet: alert rules",
+                      "promtool missing (Debian: prometheus)")) {
+  std::string dir = make_temp_dir();
+  char* top = realpath("..", nullptr);  // the tests run in test/
+  std::string rules = std::string(top) + "/contrib/udplogger-alerts.yml";
+  free(top);
+  Command check = run_command("promtool check rules " + rules);
+  INFO(check.output);
+  REQUIRE(check.status == 0);
+  // Host a is heard at 0 s and never again; b every minute.  Host c's
+  // crash event began at 120 s.  Times are Unix seconds from 0.
+  std::string test = "rule_files: [\"" + rules + R"yaml("]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'udplogger_host_last_heard_timestamp_seconds{host="10.0.0.1"}'
+        values: '0x20'
+      - series: 'udplogger_host_last_heard_timestamp_seconds{host="10.0.0.2"}'
+        values: '0+60x20'
+      - series: 'udplogger_host_last_kernel_crash_timestamp_seconds{host="10.0.0.3"}'
+        values: '_ _ 120x20'
+    alert_rule_test:
+      - eval_time: 9m
+        alertname: UdploggerHostSilent
+        exp_alerts: []
+      - eval_time: 11m
+        alertname: UdploggerHostSilent
+        exp_alerts:
+          - exp_labels: {severity: warning, host: "10.0.0.1"}
+            exp_annotations:
+              summary: "10.0.0.1 has sent nothing to udplogger for 10 minutes"
+      - eval_time: 1m
+        alertname: UdploggerKernelCrash
+        exp_alerts: []
+      - eval_time: 6m
+        alertname: UdploggerKernelCrash
+        exp_alerts:
+          - exp_labels: {severity: critical, host: "10.0.0.3"}
+            exp_annotations:
+              summary: "10.0.0.3: kernel crash (grep 'udplogger: 10.0.0.3: kernel ' in the log)"
+      - eval_time: 8m
+        alertname: UdploggerKernelCrash
+        exp_alerts: []
+)yaml";
+  FILE* f = fopen((dir + "/alerts_test.yml").c_str(), "w");
+  REQUIRE(f);
+  fputs(test.c_str(), f);
+  fclose(f);
+  Command run = run_command("promtool test rules " + dir + "/alerts_test.yml");
+  INFO(run.output);
+  CHECK(run.status == 0);
+  CHECK(run.output.find("SUCCESS") != std::string::npos);
 }

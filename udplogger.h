@@ -186,18 +186,19 @@ const char* crash_kind_name(CrashKind k);  // "panic", "hung_task", ...: metric 
 const char* crash_kind_words(CrashKind k);  // "panic", "hung task", ...: notices
 
 // What the core knows of one sending host: an address, whatever its ports.
-struct HostState {
+// What every datagram and line touches comes first, in one cache line.
+struct alignas(64) HostState {
   in6_addr addr;
   time_t last_heard;           // Unix seconds, its last datagram's arrival
   uint64_t lines;              // log lines written from it
   uint64_t missing;            // extended netconsole records missing by SEQ
-  uint64_t crashes[kCrashKinds];
-  time_t last_crash;           // when its last crash event began; 0: none
+  int32_t hash_next, lru_prev, lru_next;  // the table's links
   // The crash event being followed: further lines of its kind within
   // kCrashFollowSeconds of the last one belong to it.
   CrashKind event;
   time_t event_seen;
-  int32_t hash_next, lru_prev, lru_next;  // the table's links
+  time_t last_crash;           // when its last crash event began; 0: none
+  uint64_t crashes[kCrashKinds];
 };
 constexpr time_t kCrashFollowSeconds = 60;
 
@@ -668,6 +669,8 @@ struct alignas(64) Sender {
   int32_t hash_next;           // chain in the hash bucket
   int32_t lru_prev, lru_next;  // least recently heard first
   int32_t pend_prev, pend_next;  // senders holding a partial line, oldest first
+  uint32_t host;               // its host's slot in the Fleet, checked before use;
+                               // UINT32_MAX: none yet
   char name[kSenderNameMax];
   // The partial line: bytes received without their newline yet, in a
   // buffer held only while there is one.
@@ -675,8 +678,6 @@ struct alignas(64) Sender {
   uint32_t partial_len, partial_cap;
   timespec partial_time;       // arrival of its first byte
   uint64_t dict_written;       // hash of the dictionary last written, 0: none yet
-  uint32_t host;               // its host's slot in the Fleet, checked before use;
-                               // UINT32_MAX: none yet
   Origin origin() const { return Origin{&addr, name, name_len}; }
 };
 

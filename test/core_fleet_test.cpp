@@ -72,6 +72,11 @@ TEST_CASE("crash: each kind from the kernel's own first lines") {
       {"Web Content invoked oom-killer: gfp_mask=0x140dca, order=0, oom_score_adj=0",
        CrashKind::oom},
       {"Out of memory: Killed process 1234 (stress-ng) total-vm:1234kB", CrashKind::oom},
+      {"abcdefghijklmno invoked oom-killer: gfp_mask=0x140cca, order=0", CrashKind::oom},
+      {"a b c d e f g h invoked oom-killer: gfp_mask=0x140cca, order=0", CrashKind::oom},
+      {"x invoked oom-killer:", CrashKind::oom},
+      {"x invoked oom-killer", CrashKind::none},
+      {"abcdefghijklmnop invoked oom-killer: gfp_mask=0x140cca, order=0", CrashKind::none},
       // Not events: follow-up lines, and lines that merely look alike.
       {"---[ end Kernel panic - not syncing: Fatal exception ]---", CrashKind::none},
       {"CPU: 0 PID: 1 Comm: init Not tainted 6.1.0-56-cloud-amd64 #1", CrashKind::none},
@@ -85,7 +90,8 @@ TEST_CASE("crash: each kind from the kernel's own first lines") {
       {"a-very-long-command-name invoked oom-killer:", CrashKind::none},
   };
   for (const Case& c : cases) {
-    CAPTURE(c.line);
+    std::string line = c.line;
+    CAPTURE(line);
     CHECK(kind_of(c.line) == c.kind);
   }
   CHECK(std::string(ul::crash_kind_name(CrashKind::hung_task)) == "hung_task");

@@ -12,7 +12,8 @@
 # behind a prefix as long as udplogger's: what the line format costs the
 # kernel; side by side only), pause (batching alone), null (wakes
 # for every datagram, context only), plain (null plus a writev per wakeup),
-# udplogger, v1.1 (BENCH_V11: a udplogger 1.1 binary), rsyslog, socat,
+# udplogger, metrics (udplogger with metrics=), v1.1 (BENCH_V11: a
+# udplogger 1.1 binary), rsyslog, socat,
 # baseline (BENCH_BASELINE).
 #
 # Environment: BENCH_REPS (3), BENCH_COUNT (200000 paced datagrams),
@@ -102,6 +103,7 @@ start_receiver() {
     bare) "${on_recv_cpu[@]}" "$bin/nullrecv" port="$p" mode=writer from=0 file="$d/bare.log" >"$d/null.out" 2>&1 & ;;
     v1.1) "${on_recv_cpu[@]}" "$BENCH_V11" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
     udplogger) "${on_recv_cpu[@]}" "$top/udplogger" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
+    metrics) "${on_recv_cpu[@]}" "$top/udplogger" port="$p" dir="$d" $extra metrics="$d/udplogger.prom" >"$d/ul.out" 2>&1 & ;;
     allow16) "${on_recv_cpu[@]}" "$top/udplogger" port="$p" dir="$d" $extra "$allow16" >"$d/ul.out" 2>&1 & ;;
     baseline) "${on_recv_cpu[@]}" "$BENCH_BASELINE" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
     socat) "${on_recv_cpu[@]}" socat -u UDP6-RECV:"$p",rcvbuf=8388608 OPEN:"$d/socat.log",creat,append >"$d/socat.out" 2>&1 & ;;

@@ -4205,7 +4205,8 @@ int loop(Server* s) {
       s->sink->tick(now);
       s->core.files_changed();
     }
-    if (now >= s->reports.next) report_fleet(s, now, true);
+    if (now >= s->reports.next || s->reports.next - now > kReportSeconds)  // due, or the clock
+      report_fleet(s, now, true);                                          // went back
     int stop = 0;
     uint64_t got = 0;
     bool drained = true;
@@ -4265,6 +4266,19 @@ int check_setup(const Options& o) {
           S_ISLNK(st.st_mode) ? "a symbolic link" : !S_ISREG(st.st_mode) ? "not a regular file"
           : st.st_nlink != 1 ? "more than one hard link"
           : st.st_uid != geteuid() ? "owned by another user" : "executable");
+  }
+  if (o.metrics) {  // its directory, as for the log
+    char mdir[kPathMax];
+    snprintf(mdir, sizeof mdir, "%s", o.metrics);
+    char* slash = strrchr(mdir, '/');
+    if (slash == mdir) slash[1] = '\0';
+    else if (slash) *slash = '\0';
+    else snprintf(mdir, sizeof mdir, ".");
+    int fd = open(mdir, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644);
+    if (fd < 0 && errno != EOPNOTSUPP && errno != EISDIR)
+      die("metrics=%s: cannot write into %s as uid %lu: %s", o.metrics, mdir,
+          (unsigned long)geteuid(), strerror(errno));
+    if (fd >= 0) close(fd);
   }
   printf("udplogger %s: --check: usable: would listen on UDP %s%s, write %s%s%s as uid %lu gid %lu\n",
          kVersion, listeners[0].where, n ? " (from socket activation)" : "",

@@ -218,6 +218,15 @@ TEST_CASE("fleet: a metrics= path that cannot be written stops the start, in one
   e = run_udplogger({"dir=" + dir, "metrics=" + dir + "/"});
   CHECK(e.status == 2);
   CHECK(e.err.find("udplogger: metrics=" + dir + "/: not a file name") == 0);
+  e = run_udplogger({"--check", "dir=" + dir, "port=" + std::to_string(free_udp_port()),
+                     "metrics=" + dir + "/no/such/dir/u.prom"});
+  CHECK(e.status == 2);
+  CHECK(e.err == "udplogger: metrics=" + dir + "/no/such/dir/u.prom: cannot write into " + dir +
+                     "/no/such/dir as uid " + std::to_string(geteuid()) +
+                     ": No such file or directory\n");
+  e = run_udplogger({"--check", "dir=" + dir, "port=" + std::to_string(free_udp_port()),
+                     "metrics=" + dir + "/u.prom"});
+  CHECK(e.status == 0);
   e = run_udplogger({"dir=" + dir, "hosts=9"});
   CHECK(e.status == 2);
   CHECK(e.err == "udplogger: hosts=9: out of range (allowed: 10..1048576)\n");

@@ -218,3 +218,32 @@ TEST_CASE("allow=: a bad list stops the daemon with exit 2, naming allow") {
                  "(the network is 10.0.0.0/8) (allowed: IPv4 or IPv6 networks such as "
                  "10.0.0.0/8,192.0.2.7,2001:db8::/32, separated by commas)\n");
 }
+
+TEST_CASE("clients: kernel crash lines relayed by rsyslogd are noticed; logger's (user facility) "
+          "are not" *
+          skip_unless(have_program("rsyslogd") && have_logger(), "clients: crash via rsyslogd",
+                      "rsyslogd or util-linux logger not installed (Debian: rsyslog, bsdutils)")) {
+  Daemon d;
+  REQUIRE(d.running());
+  int relay_port = free_udp_port();
+  Rsyslogd rs(relay_port, d.port_);
+  INFO("rsyslogd said: " << rs.output());
+  REQUIRE(rs.ready());
+  // A kernel's message as a syslog daemon receives it from the kernel's
+  // facility (what imklog forwards), through the relay.
+  Sender kernel;
+  kernel.send(relay_port,
+              "<2>Dec  2 10:00:00 web1 kernel: [   12.345678] Kernel panic - not syncing: relayed");
+  // util-linux logger turns kern into user: its crash words are a program's.
+  run_logger("--rfc3164 -p kern.emerg -t kernel 'Kernel panic - not syncing: from logger'",
+             d.port_);
+  run_logger("--rfc5424 -p kern.crit -t kernel 'Oops: 0000 [#1] from logger'", d.port_);
+  REQUIRE(d.wait_log("udplogger: 127.0.0.1: kernel panic: Kernel panic - not syncing: relayed\n"));
+  REQUIRE(d.wait_log("Oops: 0000 [#1] from logger\n"));
+  std::string log = d.log();
+  INFO(log);
+  CHECK(log.find("kernel: [   12.345678] Kernel panic - not syncing: relayed\n") !=
+        std::string::npos);
+  CHECK(log.find("Kernel panic - not syncing: from logger\n") != std::string::npos);
+  CHECK(count_of(log, "udplogger: 127.0.0.1: kernel ") == 1);
+}

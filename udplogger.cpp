@@ -10,11 +10,11 @@
 //   routing        Assembler: allow=, a datagram's sender, extended
 //                  netconsole or text; the machine's events made into
 //                  lines and counts
+//   senders        SenderTable: slots, hash, least recently heard
 //   fleet          kernel crash events in a line's first bytes; Fleet, the
 //                  hosts heard (hosts=) and the crash follow-up rule
 //   text lines     TextLines: plain text joined into lines per sender,
 //                  unfinished lines and their one cap (partials=)
-//   senders        SenderTable: slots, hash, least recently heard
 //   netconsole     extended header parsing; Netconsole, the state machine
 //                  (SEQ, msgid, reassembly); RecordWriter (a record as lines)
 //   LineWriter     the one birthplace of every log line and notice
@@ -1078,7 +1078,30 @@ void Assembler::files_changed() {
   for (size_t i = 0; i < table_.size(); i++) table_.slots()[i].dict_written = 0;
 }
 
-// =================================================================== fleet
+// ================================================================= senders
+
+namespace {
+
+// The fixed tables of senders and hosts: their slots are mapped, so they
+// are zeroed, resident only as they are used, and page-aligned (a slot's
+// first 64 bytes are one cache line); null when there is no memory.
+void* map_slots(size_t bytes) {
+  void* m = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  return m == MAP_FAILED ? nullptr : m;
+}
+
+// Their hash buckets (-1: empty), a power of two at least twice the slots.
+bool make_buckets(unsigned capacity, int32_t** buckets, uint32_t* mask) {
+  uint32_t n = 16;
+  while (n < capacity * 2) n <<= 1;
+  *buckets = static_cast<int32_t*>(malloc(n * sizeof(int32_t)));
+  if (!*buckets) return false;
+  for (uint32_t i = 0; i < n; i++) (*buckets)[i] = -1;
+  *mask = n - 1;
+  return true;
+}
+
+}  // namespace
 
 // Address and port mixed a word at a time (multiply, fold) with the seed:
 // a few cycles, where a byte-wise hash over 18 bytes was the largest cost
@@ -1095,6 +1118,70 @@ uint64_t address_hash(const in6_addr& addr, uint16_t port, uint64_t seed) {
   h ^= h >> 32;
   return h;
 }
+
+bool SenderTable::init(unsigned capacity, uint64_t seed) {
+  capacity_ = capacity;
+  seed_ = seed;
+  slots_ = static_cast<Sender*>(map_slots(capacity * sizeof(Sender)));
+  return slots_ && make_buckets(capacity, &buckets_, &bucket_mask_);
+}
+
+SenderTable::~SenderTable() {
+  if (slots_) munmap(slots_, capacity_ * sizeof(Sender));
+  free(buckets_);
+}
+
+uint32_t SenderTable::bucket(const in6_addr& addr, uint16_t port) const {
+  return uint32_t(address_hash(addr, port, seed_)) & bucket_mask_;
+}
+
+void SenderTable::unhash(Sender* s) {
+  int32_t* link = &buckets_[bucket(s->addr, s->port)];
+  while (*link != index(s)) link = &slots_[*link].hash_next;
+  *link = s->hash_next;
+}
+
+Sender* SenderTable::find(const in6_addr& addr, uint16_t port, uint32_t bucket) {
+  for (int32_t i = buckets_[bucket]; i >= 0; i = slots_[i].hash_next) {
+    Sender* s = &slots_[i];
+    if (s->port == port && !memcmp(&s->addr, &addr, sizeof addr)) {
+      if (lru_.tail != i) {
+        lru_.unlink(slots_, i);
+        lru_.append(slots_, i);
+      }
+      return s;
+    }
+  }
+  return nullptr;
+}
+
+// The slot keeps its partial-line buffer; everything else is the caller's
+// to reset.
+Sender* SenderTable::add(const in6_addr& addr, uint16_t port) {
+  Sender* s;
+  if (used_ < capacity_) {
+    s = &slots_[used_++];
+  } else {
+    s = idle_longest();
+    unhash(s);
+    lru_.unlink(slots_, index(s));
+  }
+  // The one place a sender is born.  Its partial-line buffer was given
+  // back when its last partial line was written (slots start zeroed).
+  s->addr = addr;
+  s->port = port;
+  s->name_len = uint8_t(format_sender(addr, port, s->name));
+  s->partial_len = 0;
+  s->dict_written = 0;
+  s->host = UINT32_MAX;
+  uint32_t b = bucket(addr, port);
+  s->hash_next = buckets_[b];
+  buckets_[b] = index(s);
+  lru_.append(slots_, index(s));
+  return s;
+}
+
+// =================================================================== fleet
 
 namespace {
 
@@ -1300,17 +1387,8 @@ bool Fleet::init(unsigned capacity, uint64_t seed, Stats* stats) {
   capacity_ = capacity;
   seed_ = seed;
   stats_ = stats;
-  // Mapped: zeroed, and resident only as slots are used.
-  void* m = mmap(nullptr, capacity * sizeof(HostState), PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  hosts_ = m == MAP_FAILED ? nullptr : static_cast<HostState*>(m);
-  uint32_t nbuckets = 16;
-  while (nbuckets < capacity * 2) nbuckets <<= 1;
-  buckets_ = static_cast<int32_t*>(malloc(nbuckets * sizeof(int32_t)));
-  if (!hosts_ || !buckets_) return false;
-  for (uint32_t i = 0; i < nbuckets; i++) buckets_[i] = -1;
-  bucket_mask_ = nbuckets - 1;
-  return true;
+  hosts_ = static_cast<HostState*>(map_slots(capacity * sizeof(HostState)));
+  return hosts_ && make_buckets(capacity, &buckets_, &bucket_mask_);
 }
 
 Fleet::~Fleet() {
@@ -1592,80 +1670,6 @@ timespec TextLines::next_deadline() const {
   timespec due = table_->slots()[pending_.head].partial_time;
   due.tv_sec += timeout_;
   return due;
-}
-
-// ================================================================= senders
-
-bool SenderTable::init(unsigned capacity, uint64_t seed) {
-  capacity_ = capacity;
-  seed_ = seed;
-  // Mapped: zeroed, resident only as slots are used, and page-aligned, so
-  // that a slot's first 64 bytes are one cache line.
-  void* m = mmap(nullptr, capacity * sizeof(Sender), PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  slots_ = m == MAP_FAILED ? nullptr : static_cast<Sender*>(m);
-  uint32_t nbuckets = 16;
-  while (nbuckets < capacity * 2) nbuckets <<= 1;
-  buckets_ = static_cast<int32_t*>(malloc(nbuckets * sizeof(int32_t)));
-  if (!slots_ || !buckets_) return false;
-  for (uint32_t i = 0; i < nbuckets; i++) buckets_[i] = -1;
-  bucket_mask_ = nbuckets - 1;
-  return true;
-}
-
-SenderTable::~SenderTable() {
-  if (slots_) munmap(slots_, capacity_ * sizeof(Sender));
-  free(buckets_);
-}
-
-uint32_t SenderTable::bucket(const in6_addr& addr, uint16_t port) const {
-  return uint32_t(address_hash(addr, port, seed_)) & bucket_mask_;
-}
-
-void SenderTable::unhash(Sender* s) {
-  int32_t* link = &buckets_[bucket(s->addr, s->port)];
-  while (*link != index(s)) link = &slots_[*link].hash_next;
-  *link = s->hash_next;
-}
-
-Sender* SenderTable::find(const in6_addr& addr, uint16_t port, uint32_t bucket) {
-  for (int32_t i = buckets_[bucket]; i >= 0; i = slots_[i].hash_next) {
-    Sender* s = &slots_[i];
-    if (s->port == port && !memcmp(&s->addr, &addr, sizeof addr)) {
-      if (lru_.tail != i) {
-        lru_.unlink(slots_, i);
-        lru_.append(slots_, i);
-      }
-      return s;
-    }
-  }
-  return nullptr;
-}
-
-// The slot keeps its partial-line buffer; everything else is the caller's
-// to reset.
-Sender* SenderTable::add(const in6_addr& addr, uint16_t port) {
-  Sender* s;
-  if (used_ < capacity_) {
-    s = &slots_[used_++];
-  } else {
-    s = idle_longest();
-    unhash(s);
-    lru_.unlink(slots_, index(s));
-  }
-  // The one place a sender is born.  Its partial-line buffer was given
-  // back when its last partial line was written (slots start zeroed).
-  s->addr = addr;
-  s->port = port;
-  s->name_len = uint8_t(format_sender(addr, port, s->name));
-  s->partial_len = 0;
-  s->dict_written = 0;
-  s->host = UINT32_MAX;
-  uint32_t b = bucket(addr, port);
-  s->hash_next = buckets_[b];
-  buckets_[b] = index(s);
-  lru_.append(slots_, index(s));
-  return s;
 }
 
 // ============================================================== netconsole

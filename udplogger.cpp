@@ -3880,6 +3880,14 @@ void nonblocking_stdio() {
   }
 }
 
+// dir=- with standard error where standard output goes (2>&1): the
+// summary would be mixed into the log's own stream.
+bool stderr_is_the_log(const Options& o) {
+  struct stat out, err;
+  return o.to_stdout() && fstat(STDOUT_FILENO, &out) == 0 && fstat(STDERR_FILENO, &err) == 0 &&
+         out.st_dev == err.st_dev && out.st_ino == err.st_ino;
+}
+
 int milliseconds_until(const timespec& due, const timespec& now) {
   long long ms = (long long)(due.tv_sec - now.tv_sec) * 1000 +
                  (due.tv_nsec - now.tv_nsec) / 1000000 + 1;
@@ -4007,7 +4015,8 @@ void setup(Server* s, const Options& o, Clock clock) {
     int err = write_metrics(&s->metrics, s->core, o, 0);
     if (err) die("metrics=%s: cannot write %s: %s", o.metrics, s->metrics.tmp, strerror(err));
   }
-  s->reports.by_hand = s->notifier.fd < 0 && !o.debug && (o.to_stdout() || isatty(STDERR_FILENO));
+  s->reports.by_hand = s->notifier.fd < 0 && !o.debug &&
+                       (o.to_stdout() || isatty(STDERR_FILENO)) && !stderr_is_the_log(o);
   s->reports.at_ns = s->reports.minute_ns = monotonic_ns();
   s->reports.next = now + kReportSeconds;
   fleet_summary(s->core, 0, now, s->reports.said, sizeof s->reports.said);  // idle: unsaid

@@ -96,14 +96,17 @@ fi
 # Starts receiver $1 on port $2 writing into dir $3 with extra udplogger
 # options $4; sets rpid.
 start_receiver() {
-  local r=$1 p=$2 d=$3 extra=$4
+  local r=$1 p=$2 d=$3 extra=$4 hosts=""
+  # udplogger tracks as many hosts as senders where clients= is raised (the
+  # bench's senders are distinct addresses): a smaller hosts= churns.
+  [[ " $extra " == *" clients="* ]] && hosts="hosts=${extra##*clients=}" && hosts=${hosts%% *}
   case $r in
     null|pause) "${on_recv_cpu[@]}" "$bin/nullrecv" port="$p" mode="$r" >"$d/null.out" 2>&1 & ;;
     plain|writer|format) "${on_recv_cpu[@]}" "$bin/nullrecv" port="$p" mode="$r" file="$d/$r.log" >"$d/null.out" 2>&1 & ;;
     bare) "${on_recv_cpu[@]}" "$bin/nullrecv" port="$p" mode=writer from=0 file="$d/bare.log" >"$d/null.out" 2>&1 & ;;
     v1.1) "${on_recv_cpu[@]}" "$BENCH_V11" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
-    udplogger) "${on_recv_cpu[@]}" "$top/udplogger" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
-    metrics) "${on_recv_cpu[@]}" "$top/udplogger" port="$p" dir="$d" $extra metrics="$d/udplogger.prom" >"$d/ul.out" 2>&1 & ;;
+    udplogger) "${on_recv_cpu[@]}" "$top/udplogger" port="$p" dir="$d" $extra $hosts >"$d/ul.out" 2>&1 & ;;
+    metrics) "${on_recv_cpu[@]}" "$top/udplogger" port="$p" dir="$d" $extra $hosts metrics="$d/udplogger.prom" >"$d/ul.out" 2>&1 & ;;
     allow16) "${on_recv_cpu[@]}" "$top/udplogger" port="$p" dir="$d" $extra "$allow16" >"$d/ul.out" 2>&1 & ;;
     baseline) "${on_recv_cpu[@]}" "$BENCH_BASELINE" port="$p" dir="$d" $extra >"$d/ul.out" 2>&1 & ;;
     socat) "${on_recv_cpu[@]}" socat -u UDP6-RECV:"$p",rcvbuf=8388608 OPEN:"$d/socat.log",creat,append >"$d/socat.out" 2>&1 & ;;

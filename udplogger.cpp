@@ -633,12 +633,19 @@ void Core::set_trace(TraceFn fn) { parts_->assembler.set_trace(fn); }
 const Stats& Core::stats() const { return parts_->assembler.stats(); }
 const WriteLoss& Core::losses() const { return parts_->out.losses(); }
 size_t Core::senders() const { return parts_->assembler.senders(); }
-const HostState* Core::hosts(size_t* n) const { return parts_->assembler.fleet().all(n); }
-size_t Core::hosts_heard_since(time_t since) const {
+const HostState* Core::hosts(size_t* n) {
+  parts_->assembler.tally();
+  return parts_->assembler.fleet().all(n);
+}
+size_t Core::hosts_heard_since(time_t since) {
+  parts_->assembler.tally();
   return parts_->assembler.fleet().heard_since(since);
 }
 const LastCrash& Core::last_crash() const { return parts_->assembler.fleet().last_crash(); }
-void Core::format_stats(char* buf, size_t len) const { parts_->assembler.format_stats(buf, len); }
+void Core::format_stats(char* buf, size_t len) {
+  parts_->assembler.tally();
+  parts_->assembler.format_stats(buf, len);
+}
 
 // ================================================================= routing
 
@@ -739,7 +746,7 @@ Assembler::Outcome Assembler::route(const Datagram& d, uint32_t bucket, ExtHeade
   if (d.len == 0) return Outcome::empty;
   Sender* s = sender_for(d, bucket);
   *sender = s;
-  fleet_.heard(s, d.when.tv_sec);
+  s->heard = d.when.tv_sec;
   if (d.truncated)
     lines_.notice(&s->addr, s->name, s->name_len, d.when,
                   "datagram cut to %zu bytes: larger than the receive slot", d.len);
@@ -811,7 +818,7 @@ Assembler::Outcome Assembler::event(const NetconsoleEvent& e, Outcome outcome) {
       break;
     case NetconsoleEvent::Kind::gap:
       add_saturating(&stats_.missing, n);
-      add_saturating(&fleet_.of(s, e.when.tv_sec)->missing, n);
+      add_saturating(&fleet_.fold(s)->missing, n);
       sender_notice(s, e.when, "%llu record%s not received: seq %llu..%llu; %s", n,
                     n == 1 ? "" : "s", seq, last,
                     e.msgid_known ? "filtered by the sender's console loglevel"
@@ -959,6 +966,7 @@ Sender* Assembler::sender_for(const Datagram& d, uint32_t bucket) {
     text_.finish(old);
     nc_.drop(uint32_t(table_.index(old)), d.when);
     take_events(Outcome::text);
+    fleet_.fold(old);
     stats_.senders_reused++;
   }
   s = table_.add(d.addr, d.port);
@@ -1042,8 +1050,7 @@ void Assembler::record(Sender* s, const ExtRecord& r) {
   if (opts_.dict != Dict::all) shown.len = dictionary_shown(s, r);
   uint64_t before = stats_.lines;
   records_.write(s->origin(), shown);
-  HostState* h = fleet_.of(s, r.when.tv_sec);
-  h->lines += stats_.lines - before;
+  s->unfolded_lines += stats_.lines - before;
   if (r.pri >= 8) return;
   uint32_t n = r.len < kCrashLook ? r.len : uint32_t(kCrashLook);
   if (r.got)  // only the bytes that arrived before the first gap
@@ -1051,7 +1058,9 @@ void Assembler::record(Sender* s, const ExtRecord& r) {
       if (!(r.got[i >> 3] >> (i & 7) & 1)) n = i;
   size_t start;
   CrashKind k = crash_kind(r.data, n, &start);
-  if (k != CrashKind::none && fleet_.begins_event(h, k, r.when.tv_sec))
+  if (k == CrashKind::none) return;
+  HostState* h = fleet_.fold(s);
+  if (fleet_.begins_event(h, k, r.when.tv_sec))
     note_crash(&lines_, *h, k, r.data + start, n - start, r.when);
 }
 
@@ -1174,6 +1183,8 @@ Sender* SenderTable::add(const in6_addr& addr, uint16_t port) {
   s->partial_len = 0;
   s->dict_written = 0;
   s->host = UINT32_MAX;
+  s->unfolded_lines = 0;
+  s->heard = 0;
   uint32_t b = bucket(addr, port);
   s->hash_next = buckets_[b];
   buckets_[b] = index(s);
@@ -1396,24 +1407,36 @@ Fleet::~Fleet() {
   free(buckets_);
 }
 
-// The order of hearing is kept to the second: a host heard again within
-// the same second stays where it is, and most datagrams touch no
-// neighbour's cache line.
-HostState* Fleet::heard(Sender* s, time_t t) {
-  HostState* h = of(s, t);
-  if (h->last_heard == t) return h;
-  h->last_heard = t;
-  int32_t i = int32_t(h - hosts_);
-  if (lru_.tail != i) {
-    lru_.unlink(hosts_, i);
-    lru_.append(hosts_, i);
+HostState* Fleet::fold(Sender* s) {
+  HostState* h = s->host < used_ && !memcmp(&hosts_[s->host].addr, &s->addr, sizeof s->addr)
+                     ? &hosts_[s->host]
+                     : take(s);
+  add_saturating(&h->lines, s->unfolded_lines);
+  s->unfolded_lines = 0;
+  if (s->heard > h->last_heard) {
+    h->last_heard = s->heard;
+    int32_t i = int32_t(h - hosts_);
+    if (lru_.tail != i) {
+      lru_.unlink(hosts_, i);
+      lru_.append(hosts_, i);
+    }
   }
+  s->heard = 0;
   return h;
+}
+
+// Only the senders with something to tell: an idle sender whose host was
+// forgotten does not take a slot again.
+void Fleet::fold_all(SenderTable* senders) {
+  for (size_t i = 0; i < senders->size(); i++) {
+    Sender* s = &senders->slots()[i];
+    if (s->heard != 0 || s->unfolded_lines != 0) fold(s);
+  }
 }
 
 // s's host found by its address, or born: in a free slot, or in that of
 // the host heard longest ago, which is forgotten.
-HostState* Fleet::take(Sender* s, time_t t) {
+HostState* Fleet::take(Sender* s) {
   uint32_t b = bucket(s->addr);
   int32_t i = buckets_[b];
   while (i >= 0 && memcmp(&hosts_[i].addr, &s->addr, sizeof s->addr) != 0) i = hosts_[i].hash_next;
@@ -1432,7 +1455,6 @@ HostState* Fleet::take(Sender* s, time_t t) {
     HostState* h = &hosts_[i];
     memset(h, 0, sizeof *h);
     h->addr = s->addr;
-    h->last_heard = t;
     h->hash_next = buckets_[b];
     buckets_[b] = i;
     lru_.append(hosts_, i);
@@ -1459,10 +1481,10 @@ bool Fleet::begins_event(HostState* h, CrashKind k, time_t t) {
   return true;
 }
 
-// Walks from the host heard last back to the first heard before since.
+// All of them: the order of hearing is the order of folding.
 size_t Fleet::heard_since(time_t since) const {
   size_t n = 0;
-  for (int32_t i = lru_.tail; i >= 0 && hosts_[i].last_heard >= since; i = hosts_[i].lru_prev) n++;
+  for (uint32_t i = 0; i < used_; i++) n += hosts_[i].last_heard >= since;
   return n;
 }
 
@@ -1498,8 +1520,7 @@ void TextLines::write_line(Sender* s, const timespec& when, const char* a, size_
 // are read.
 void TextLines::watch(Sender* s, const timespec& when, const char* a, size_t alen, const char* b,
                       size_t blen) {
-  HostState* h = fleet_->of(s, when.tv_sec);
-  h->lines++;
+  s->unfolded_lines++;
   const char* p = alen ? a : b;
   size_t n = alen ? alen : blen;
   char joined[kCrashLook];
@@ -1513,8 +1534,9 @@ void TextLines::watch(Sender* s, const timespec& when, const char* a, size_t ale
   if (n > kCrashLook) n = kCrashLook;
   size_t start;
   CrashKind k = crash_kind(p, n, &start);
-  if (k != CrashKind::none && fleet_->begins_event(h, k, when.tv_sec))
-    note_crash(lines_, *h, k, p + start, n - start, when);
+  if (k == CrashKind::none) return;
+  HostState* h = fleet_->fold(s);
+  if (fleet_->begins_event(h, k, when.tv_sec)) note_crash(lines_, *h, k, p + start, n - start, when);
 }
 
 // Writes the sender's partial line followed by rest, and forgets it; its
@@ -3635,7 +3657,7 @@ void host_label(const HostState& h, char out[2 * kHostNameMax]) {
 }
 
 // Everything but the per-host families.
-void put_totals(Metrics* m, const Core& core, const Options& o, uint64_t beyond_newdirs) {
+void put_totals(Metrics* m, Core& core, const Options& o, uint64_t beyond_newdirs) {
   const Stats& t = core.stats();
   family(m, "build_info", "gauge", "The running udplogger's version; always 1.");
   char version[32];
@@ -3701,7 +3723,7 @@ void put_totals(Metrics* m, const Core& core, const Options& o, uint64_t beyond_
 }
 
 // One family a host, for the hosts known now.
-void put_hosts(Metrics* m, const Core& core) {
+void put_hosts(Metrics* m, Core& core) {
   size_t n = 0;
   const HostState* hosts = core.hosts(&n);
   char host[2 * kHostNameMax];
@@ -3746,7 +3768,7 @@ void put_hosts(Metrics* m, const Core& core) {
 }
 
 // Writes the metrics file; 0, or the errno of what failed.
-int write_metrics(Metrics* m, const Core& core, const Options& o, uint64_t beyond_newdirs) {
+int write_metrics(Metrics* m, Core& core, const Options& o, uint64_t beyond_newdirs) {
   m->fd = open(m->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
   if (m->fd < 0) return errno;
   fchmod(m->fd, 0644);  // for the collector's user, whatever the umask
@@ -3764,7 +3786,7 @@ int write_metrics(Metrics* m, const Core& core, const Options& o, uint64_t beyon
 }
 
 // Writes the metrics, saying on stderr when that starts or stops failing.
-void update_metrics(Metrics* m, const Core& core, const Options& o, uint64_t beyond_newdirs) {
+void update_metrics(Metrics* m, Core& core, const Options& o, uint64_t beyond_newdirs) {
   if (!m->path) return;
   int err = write_metrics(m, core, o, beyond_newdirs);
   if (err != 0 && m->error == 0)
@@ -3778,7 +3800,7 @@ void update_metrics(Metrics* m, const Core& core, const Options& o, uint64_t bey
 // What an operator looks at first, in one line: "120 lines/s, 14 hosts
 // in the last minute, 0 kernel drops, last crash: 10.1.2.3 panic at
 // 2026-12-02 15:15:28".
-void fleet_summary(const Core& core, double lines_per_second, time_t now, char* out,
+void fleet_summary(Core& core, double lines_per_second, time_t now, char* out,
                    size_t len) {
   const LastCrash& c = core.last_crash();
   char crash[kHostNameMax + 64] = "none";

@@ -268,13 +268,15 @@ class Core {
   const Stats& stats() const;
   const WriteLoss& losses() const;  // what the sink could not write, by cause
   size_t senders() const;           // senders known now
-  // The hosts known now (hosts=): hosts[0..*n-1], in no particular order.
-  const HostState* hosts(size_t* n) const;
-  // Hosts whose last datagram arrived at `since` or later.
-  size_t hosts_heard_since(time_t since) const;
+  // The hosts known now (hosts=): hosts[0..*n-1], in no particular order,
+  // brought up to date first (each sender's lines and time go to its host
+  // here, not with every datagram).
+  const HostState* hosts(size_t* n);
+  // Hosts whose last datagram arrived at `since` or later (up to date too).
+  size_t hosts_heard_since(time_t since);
   const LastCrash& last_crash() const;
   // "statistics: datagrams=... senders=... reused=..." into buf.
-  void format_stats(char* buf, size_t len) const;
+  void format_stats(char* buf, size_t len);
 
  private:
   struct Parts;  // the internals below, allocated by init()
@@ -671,6 +673,10 @@ struct alignas(64) Sender {
   int32_t pend_prev, pend_next;  // senders holding a partial line, oldest first
   uint32_t host;               // its host's slot in the Fleet, checked before use;
                                // UINT32_MAX: none yet
+  // What its host has not been told yet (Fleet::fold): a datagram and a
+  // line touch only the sender, which is in the cache already.
+  uint64_t unfolded_lines;
+  time_t heard;                // its last datagram's arrival; 0: folded
   char name[kSenderNameMax];
   // The partial line: bytes received without their newline yet, in a
   // buffer held only while there is one.
@@ -748,21 +754,20 @@ void note_crash(LineWriter* lines, const HostState& h, CrashKind k, const char* 
                 const timespec& when);
 
 // The sending hosts, by address: a fixed table (hosts=), hashed, in order
-// of last hearing; a new host in a full table takes the slot of the one
-// heard longest ago (counted).  A sender keeps its host's slot number and
-// checks it before use, so a slot given to another host is never written.
+// of last hearing (to the last fold); a new host in a full table takes the
+// slot of the one heard longest ago (counted).  Senders count their lines
+// and keep their time, and fold them into their host when asked: before
+// the host is read, before the sender's slot is reused, at a crash event.
+// A sender keeps its host's slot number and checks it before use, so a
+// slot given to another host is never written.
 class Fleet {
  public:
   bool init(unsigned capacity, uint64_t seed, Stats* stats);
   ~Fleet();
-  // s's host, marked heard at t.
-  HostState* heard(Sender* s, time_t t);
-  // s's host, taken again if its slot went to another meanwhile.
-  HostState* of(Sender* s, time_t t) {
-    if (s->host < used_ && !memcmp(&hosts_[s->host].addr, &s->addr, sizeof s->addr))
-      return &hosts_[s->host];
-    return take(s, t);
-  }
+  // s's lines and time told to its host (taken again if its slot went to
+  // another meanwhile); its host.
+  HostState* fold(Sender* s);
+  void fold_all(SenderTable* senders);
   // A line of host h at t began a crash event of kind k: true when it is
   // a new event (counted), false when it follows h's event of that kind.
   bool begins_event(HostState* h, CrashKind k, time_t t);
@@ -774,7 +779,7 @@ class Fleet {
   const LastCrash& last_crash() const { return last_crash_; }
 
  private:
-  HostState* take(Sender* s, time_t t);
+  HostState* take(Sender* s);
   uint32_t bucket(const in6_addr& addr) const {
     return uint32_t(address_hash(addr, 0, seed_)) & bucket_mask_;
   }
@@ -878,6 +883,8 @@ class Assembler {
   size_t senders() const { return table_.size(); }
   const Stats& stats() const { return stats_; }
   const Fleet& fleet() const { return fleet_; }
+  // Every sender's lines and time told to its host (Fleet::fold_all).
+  void tally() { fleet_.fold_all(&table_); }
 
  private:
   // What became of a datagram, for debug=1.

@@ -31,7 +31,9 @@ std::vector<std::string> notices(const std::string& text) {
   return out;
 }
 
-const ul::HostState* host_of(const ul::Assembler& a, const in6_addr& addr) {
+// The host's state, brought up to date.
+const ul::HostState* host_of(ul::Assembler& a, const in6_addr& addr) {
+  a.tally();
   size_t n = 0;
   const ul::HostState* h = a.fleet().all(&n);
   for (size_t i = 0; i < n; i++)
@@ -251,11 +253,14 @@ TEST_CASE("fleet: hosts= bounds the table; the host heard longest ago is forgott
   c.feed("10.0.2.1", 514, "z\n", T0 + 21);  // forgets 10.0.1.1, heard longest ago
   c.feed("10.0.2.2", 514, "z\n", T0 + 22);  // and 10.0.1.2
   size_t n = 0;
+  c.asm_.tally();
   c.asm_.fleet().all(&n);
   CHECK(n == 10);
   CHECK(c.asm_.stats().hosts_forgotten == 2);
   CHECK(host_of(c.asm_, v4("10.0.1.1")) == nullptr);
   CHECK(host_of(c.asm_, v4("10.0.1.2")) == nullptr);
+  c.asm_.tally();  // their idle senders do not take them back
+  CHECK(c.asm_.stats().hosts_forgotten == 2);
   const ul::HostState* h = host_of(c.asm_, v4("10.0.1.0"));
   REQUIRE(h);
   CHECK(h->lines == 2);  // both ports
@@ -285,4 +290,16 @@ TEST_CASE("metrics: label values are escaped as the text format wants") {
   CHECK(std::string(out) == "a\\\\b\\\"c\\nd");
   CHECK(ul::escape_label_value("\"\"\"\"", out, 6) == 4);  // cut between escapes, never inside
   CHECK(std::string(out) == "\\\"\\\"");
+}
+
+TEST_CASE("fleet: a sender's lines reach its host before its slot goes to another (clients=)") {
+  ul::Options o;
+  REQUIRE(parse({"clients=10"}, &o) == ul::ParseStatus::ok);
+  Core c(o);
+  for (int port = 1000; port < 1025; port++) c.feed("10.0.0.1", uint16_t(port), "x\ny\n", T0);
+  CHECK(c.asm_.stats().senders_reused == 15);
+  const ul::HostState* h = host_of(c.asm_, v4("10.0.0.1"));
+  REQUIRE(h);
+  CHECK(h->lines == 50);
+  CHECK(h->last_heard == T0);
 }

@@ -97,10 +97,20 @@ void fuzz_one(const uint8_t* data, size_t size, bool raw) {
       a.datagram(d);
       out.flush();
       if (step >= 250) a.expire(now);
+      if (step == 253) a.tally();  // hosts read now and then, as the metrics do
       i += len;
     }
     a.expire(now, true);
     out.flush();
+    // Every sender's line is counted for its host (256 senders at most: none
+    // forgotten).
+    a.tally();
+    size_t n = 0;
+    const ul::HostState* hosts = a.fleet().all(&n);
+    uint64_t host_lines = 0;
+    for (size_t h = 0; h < n; h++) host_lines += hosts[h].lines;
+    if (host_lines != a.stats().lines)
+      finding("the hosts' lines do not add up to the lines written", std::to_string(host_lines));
   }
   if (!collected.empty() && collected.back() != '\n') finding("log does not end in a newline", collected);
   std::map<std::string, std::string> got;

@@ -3363,15 +3363,11 @@ bool HostFiles::say(const char* why) {
   return true;
 }
 
-// DIR/ADDR/YYYY-MM-DD.log opened (ADDR made if newdirs= allows); -1 with
-// the reason said on stderr, or *capped when newdirs= does not allow it.
-int HostFiles::open_file(const in6_addr& host, char* name, bool* cut, bool* capped) {
-  char addr[kHostNameMax], day[16], why[256];
-  format_host(host, addr);
-  log_file_name(today_, day);
-  snprintf(name, kHostNameMax + 16, "%s/%s", addr, day);
+// Opens the host directory addr, made if need be (up to newdirs= a day);
+// -1 with *why set, or with *capped when newdirs= was reached.
+int HostFiles::open_host_dir(const char* addr, bool* capped, char* why, size_t whylen) {
   const int flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
-  int fd = -1, dirfd = openat(dir_->fd, addr, flags);
+  int dirfd = openat(dir_->fd, addr, flags);
   bool created = false;
   if (dirfd < 0 && errno == ENOENT) {
     if (made_today_ >= newdirs_) {
@@ -3383,23 +3379,21 @@ int HostFiles::open_file(const in6_addr& host, char* name, bool* cut, bool* capp
     dirfd = created || errno == EEXIST ? openat(dir_->fd, addr, flags) : -1;
   }
   if (dirfd < 0) {
-    snprintf(why, sizeof why, "%s", errno == ELOOP || errno == ENOTDIR
-                                        ? "is not a directory (or is a symbolic link)"
-                                        : strerror(errno));
+    snprintf(why, whylen, "%s", errno == ELOOP || errno == ENOTDIR
+                                    ? "is not a directory (or is a symbolic link)"
+                                    : strerror(errno));
   } else if (created && fchmod(dirfd, 0750) < 0) {
-    snprintf(why, sizeof why, "cannot set mode 0750: %s", strerror(errno));
-  } else {
-    fd = open_log_file(dirfd, day, dir_->perm, cut, why, sizeof why);
+    snprintf(why, whylen, "cannot set mode 0750: %s", strerror(errno));
+    ::close(dirfd);
+    dirfd = -1;
   }
-  if (dirfd >= 0) ::close(dirfd);
-  if (fd < 0 && say(why))
-    warn("cannot open log file %s/%s: %s; lines of such hosts go to %s/%s (said once a minute)",
-         dir_->path, name, why, dir_->path, daemon_.name());
-  return fd;
+  return dirfd;
 }
 
 // The open file of host, or its file opened in the slot of the least
-// recently written one; null when it cannot be had.
+// recently written one; null when it cannot be had.  The slot's file is
+// closed only once the host's directory is open (a host beyond newdirs=
+// closes nothing), and before the new file opens: never more than files=.
 HostFiles::HostFile* HostFiles::file_for(const in6_addr& host, bool* capped) {
   HostFile* slot = nullptr;
   for (unsigned i = 0; i < capacity_; i++) {
@@ -3414,13 +3408,25 @@ HostFiles::HostFile* HostFiles::file_for(const in6_addr& host, bool* capped) {
     if (!slot || (slot->used() && (!f->used() || f->last_used < slot->last_used))) slot = f;
   }
   if (!slot) return nullptr;  // every slot in an episode: the daemon's file
+  char addr[kHostNameMax], day[16], name[sizeof slot->name], why[256];
+  format_host(host, addr);
+  log_file_name(today_, day);
+  snprintf(name, sizeof name, "%s/%s", addr, day);
   bool cut = false;
-  char name[sizeof slot->name];
-  int fd = open_file(host, name, &cut, capped);
-  if (fd < 0) return nullptr;  // the slot's file stays open for its host
-  if (!slot->used() || memcmp(&slot->host, &host, sizeof host) != 0) {
-    slot->file.close_file();
-    slot->file = LogFile();  // a new file owes nothing of the last one's
+  int fd = -1, dirfd = open_host_dir(addr, capped, why, sizeof why);
+  if (dirfd >= 0) {
+    if (!slot->used() || memcmp(&slot->host, &host, sizeof host) != 0) {
+      slot->file.close_file();
+      slot->file = LogFile();  // a new file owes nothing of the last one's
+    }
+    fd = open_log_file(dirfd, day, dir_->perm, &cut, why, sizeof why);
+    ::close(dirfd);
+  }
+  if (fd < 0) {
+    if (!*capped && say(why))
+      warn("cannot open log file %s/%s: %s; lines of such hosts go to %s/%s (said once a minute)",
+           dir_->path, name, why, dir_->path, daemon_.name());
+    return nullptr;
   }
   slot->file.adopt(fd, cut);
   memcpy(slot->name, name, sizeof name);

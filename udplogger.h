@@ -186,7 +186,7 @@ const char* crash_kind_name(CrashKind k);  // "panic", "hung_task", ...: metric 
 const char* crash_kind_words(CrashKind k);  // "panic", "hung task", ...: notices
 
 // What the core knows of one sending host: an address, whatever its ports.
-// What every datagram and line touches comes first, in one cache line.
+// What a fold (Fleet::fold) touches comes first, in one cache line.
 struct alignas(64) HostState {
   in6_addr addr;
   time_t last_heard;           // Unix seconds, its last datagram's arrival
@@ -1089,7 +1089,7 @@ class HostFiles : public Sink {
     bool used() const { return file.fd() >= 0 || file.failing(); }
   };
   HostFile* file_for(const in6_addr& host, bool* capped);
-  int open_file(const in6_addr& host, char* name, bool* cut, bool* capped);
+  int open_host_dir(const char* addr, bool* capped, char* why, size_t whylen);
   bool say(const char* why);
   void close_all();
 

@@ -649,7 +649,7 @@ TEST_CASE("daemon: split=host writes DIR/ADDR/ files, at most files= open, own n
   REQUIRE(d.wait_log("udplogger: statistics:"));
   CHECK(d.stop() == 0);
   MESSAGE("most descriptors open into the log directory: " << most_open);
-  CHECK(most_open <= 4 + 2);  // host files, the day file, the directory itself
+  CHECK(most_open <= 4 + 2);  // host files, the day file, a host directory being opened
   for (int i = 1; i <= 20; i++) {
     std::string log = host_log("127.3.0." + std::to_string(i));
     for (int round = 0; round < 3; round++)

@@ -1055,7 +1055,10 @@ void Assembler::record(Sender* s, const ExtRecord& r) {
   uint32_t n = r.len < kCrashLook ? r.len : uint32_t(kCrashLook);
   if (r.got)  // only the bytes that arrived before the first gap
     for (uint32_t i = 0; i < n; i++)
-      if (!(r.got[i >> 3] >> (i & 7) & 1)) n = i;
+      if (!(r.got[i >> 3] >> (i & 7) & 1)) {
+        n = i;
+        break;
+      }
   size_t start;
   CrashKind k = crash_kind(r.data, n, &start);
   if (k == CrashKind::none) return;
@@ -3662,8 +3665,9 @@ void host_label(const HostState& h, char out[2 * kHostNameMax]) {
   escape_label_value(name, out, 2 * kHostNameMax);
 }
 
-// Everything but the per-host families.
-void put_totals(Metrics* m, Core& core, const Options& o, uint64_t beyond_newdirs) {
+// Everything but the per-host families; hosts: the hosts known now.
+void put_totals(Metrics* m, const Core& core, const Options& o, uint64_t beyond_newdirs,
+                size_t hosts) {
   const Stats& t = core.stats();
   family(m, "build_info", "gauge", "The running udplogger's version; always 1.");
   char version[32];
@@ -3718,8 +3722,6 @@ void put_totals(Metrics* m, Core& core, const Options& o, uint64_t beyond_newdir
   for (int k = 1; k < kCrashKinds; k++)
     put(m, "udplogger_kernel_crashes_total{kind=\"%s\"} %llu\n", crash_kind_name(CrashKind(k)),
         (unsigned long long)t.crashes[k]);
-  size_t hosts = 0;
-  core.hosts(&hosts);
   family(m, "senders", "gauge", "Senders (address and port) known now.");
   put(m, "udplogger_senders %zu\n", core.senders());
   family(m, "hosts", "gauge", "Sending hosts (addresses) known now.");
@@ -3728,14 +3730,13 @@ void put_totals(Metrics* m, Core& core, const Options& o, uint64_t beyond_newdir
   put(m, "udplogger_hosts_limit %u\n", o.hosts);
 }
 
-// One family a host, for the hosts known now.
-void put_hosts(Metrics* m, Core& core) {
-  size_t n = 0;
-  const HostState* hosts = core.hosts(&n);
+// One family a host, for the hosts known now, hosts[0..n-1].
+void put_hosts(Metrics* m, const HostState* hosts, size_t n) {
   char host[2 * kHostNameMax];
   family(m, "host_last_heard_timestamp_seconds", "gauge",
          "When the host's last datagram arrived, in Unix seconds.");
   for (size_t i = 0; i < n; i++) {
+    if (hosts[i].last_heard == 0) continue;  // taken back for a late line: not heard since
     host_label(hosts[i], host);
     put(m, "udplogger_host_last_heard_timestamp_seconds{host=\"%s\"} %lld\n", host,
         (long long)hosts[i].last_heard);
@@ -3780,8 +3781,10 @@ int write_metrics(Metrics* m, Core& core, const Options& o, uint64_t beyond_newd
   fchmod(m->fd, 0644);  // for the collector's user, whatever the umask
   m->write_error = 0;
   m->len = 0;
-  put_totals(m, core, o, beyond_newdirs);
-  put_hosts(m, core);
+  size_t n = 0;
+  const HostState* hosts = core.hosts(&n);  // brought up to date once
+  put_totals(m, core, o, beyond_newdirs, n);
+  put_hosts(m, hosts, n);
   metrics_flush(m);
   int err = m->write_error;
   if (close(m->fd) < 0 && err == 0) err = errno;
